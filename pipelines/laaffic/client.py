@@ -1,0 +1,369 @@
+"""Signed, retrying, drift-safe client for `POST /voice/group/call/query`.
+
+One window is read completely: page 1 tells the total, the remaining pages are fetched with
+bounded concurrency, and because the API lists newest first (new tasks push older ones onto later
+pages) the client follows the latest `total` and re-reads until every task is accounted for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import requests
+from pydantic import ValidationError
+
+from pipelines.laaffic.errors import (
+    API_ERRORS,
+    LaafficApiError,
+    LaafficClockSkewError,
+    LaafficConfigError,
+    LaafficError,
+    LaafficHttpError,
+    LaafficIncompleteWindowError,
+    LaafficRetriesExhaustedError,
+    LaafficTimestampExpiredError,
+    LaafficTransportError,
+    LaafficUnknownCodeError,
+)
+from pipelines.laaffic.models import (
+    MAX_PAGE_SIZE,
+    ApiResponse,
+    Page,
+    QueryParams,
+    QueryRequest,
+    TimeWindow,
+    format_local,
+)
+
+QUERY_PATH = "/voice/group/call/query"
+DEFAULT_BASE_URL = "https://api.laaffic.com"
+
+Logger = logging.Logger | logging.LoggerAdapter[Any] | Any
+
+
+def sign(api_key: str, api_secret: str, timestamp: str) -> str:
+    """Lowercase hex md5(key + secret + timestamp), the vendor's `Sign` header."""
+    return hashlib.md5((api_key + api_secret + timestamp).encode("utf-8")).hexdigest()  # noqa: S324
+
+
+def split_window(window: TimeWindow, max_days: int) -> list[TimeWindow]:
+    """Cut a window into consecutive inclusive pieces no longer than `max_days` each."""
+    if window.end < window.start:
+        raise ValueError(f"window {window} ends before it starts")
+    step = timedelta(days=max_days)
+    pieces: list[TimeWindow] = []
+    start = window.start
+    while start <= window.end:
+        end = min(start + step - timedelta(seconds=1), window.end)
+        pieces.append(TimeWindow(start=start, end=end))
+        start = end + timedelta(seconds=1)
+    return pieces
+
+
+@dataclass
+class FetchStats:
+    """What reading a window cost; becomes Dagster metadata and the sync-log row."""
+
+    api_total: int = 0
+    pages: int = 0
+    requests: int = 0
+    retries: int = 0
+    upstream_duplicates: int = 0
+    passes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, requests: int = 0, retries: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+
+
+@dataclass
+class WindowResult:
+    window: TimeWindow
+    records: list[dict[str, Any]]
+    stats: FetchStats
+
+
+class LaafficClient:
+    """Reads creation-time windows from the API. Thread-safe; one HTTP session per thread."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        timeout_seconds: float = 30.0,
+        max_attempts: int = 6,
+        backoff_base_seconds: float = 0.5,
+        backoff_max_seconds: float = 30.0,
+        max_timestamp_resigns: int = 2,
+        max_window_days: int = 31,
+        max_concurrency: int = 4,
+        max_drift_passes: int = 3,
+        logger: Logger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        missing = [
+            name
+            for name, value in (("LAAFFIC_API_KEY", api_key), ("LAAFFIC_API_SECRET", api_secret))
+            if not value
+        ]
+        if missing:
+            raise LaafficConfigError(
+                f"missing LAAFFIC credentials: set {' and '.join(missing)} "
+                "(or run `python -m pipelines demo` to use the local simulator)"
+            )
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or ""
+        self._api_secret = api_secret or ""
+        self.page_size = page_size
+        self.timeout_seconds = timeout_seconds
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.max_timestamp_resigns = max_timestamp_resigns
+        self.max_window_days = max_window_days
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_drift_passes = max_drift_passes
+        self.log: Logger = logger or logging.getLogger(__name__)
+        self._clock = clock
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"LaafficClient(base_url={self.base_url!r}, api_key='***', api_secret='***')"
+
+    # -- one request -------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            self._local.session = session
+        return session
+
+    def _headers(self) -> dict[str, str]:
+        timestamp = str(int(self._clock()))
+        return {
+            "Content-Type": "application/json;charset=UTF-8",
+            "Api-Key": self._api_key,
+            "Timestamp": timestamp,
+            "Sign": sign(self._api_key, self._api_secret, timestamp),
+        }
+
+    def _post_once(self, body: dict[str, Any], context: str) -> Page:
+        """One signed attempt. Raises a LaafficError subclass describing any failure."""
+        try:
+            response = self._session().post(
+                self.base_url + QUERY_PATH,
+                json=body,
+                headers=self._headers(),
+                timeout=self.timeout_seconds,
+            )
+        except requests.Timeout as exc:
+            raise LaafficTransportError(
+                f"no answer within {self.timeout_seconds}s ({type(exc).__name__})"
+            ) from None
+        except requests.ConnectionError as exc:
+            raise LaafficTransportError(
+                f"connection to {self.base_url} failed or was dropped ({type(exc).__name__})"
+            ) from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise LaafficTransportError(f"HTTP {response.status_code} from {self.base_url}")
+        if response.status_code != 200:
+            raise LaafficHttpError(
+                f"HTTP {response.status_code} from {self.base_url}{QUERY_PATH} while {context}: "
+                f"{response.text[:200]!r}; check LAAFFIC_BASE_URL"
+            )
+        try:
+            envelope = ApiResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            snippet = response.content[:120].decode("utf-8", "replace")
+            raise LaafficTransportError(
+                f"response is not the documented JSON envelope ({exc.error_count()} problems, "
+                f"body starts {snippet!r})"
+            ) from None
+        code = envelope.code_int
+        if code == 0:
+            if envelope.data is None:
+                raise LaafficTransportError("code 0 but the response has no `data` page")
+            return envelope.data
+        error_class = API_ERRORS.get(code) if code is not None else None
+        if error_class is None:
+            raise LaafficUnknownCodeError(envelope.msg or "", code=envelope.code, context=context)
+        raise error_class(envelope.msg or "", context=context)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * (2**attempt))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def query_page(self, request: QueryRequest, stats: FetchStats | None = None) -> Page:
+        """POST one page, re-signing on -16 and retrying transient failures with back-off."""
+        stats = stats or FetchStats()
+        body = request.body()
+        context = (
+            f"reading page {request.current} of window "
+            f"[{request.params.strTime} .. {request.params.endTime}]"
+        )
+        transient_failures = 0
+        resigns = 0
+        while True:
+            stats.add(requests=1)
+            try:
+                return self._post_once(body, context)
+            except LaafficTimestampExpiredError:
+                resigns += 1
+                if resigns > self.max_timestamp_resigns:
+                    raise LaafficClockSkewError(
+                        f"the API refused the request timestamp (code -16) {resigns} times in a "
+                        f"row although each attempt was freshly signed, while {context}: this "
+                        f"machine's clock is off (local Unix time {int(self._clock())}); "
+                        "synchronise it (NTP) and retry"
+                    ) from None
+                stats.add(retries=1)
+                self.log.warning("LAAFFIC -16 timestamp expired; re-signing (%s)", context)
+            except LaafficError as exc:
+                if not exc.retryable:
+                    raise
+                transient_failures += 1
+                if transient_failures >= self.max_attempts:
+                    raise LaafficRetriesExhaustedError(transient_failures, exc, context) from None
+                delay = self._backoff(transient_failures - 1)
+                stats.add(retries=1)
+                self.log.warning(
+                    "LAAFFIC transient failure %d/%d (%s) %s; retrying in %.2fs",
+                    transient_failures,
+                    self.max_attempts,
+                    exc,
+                    context,
+                    delay,
+                )
+                time.sleep(delay)
+
+    # -- one window --------------------------------------------------------------------------
+
+    def _request(self, window: TimeWindow, page: int, filters: dict[str, Any]) -> QueryRequest:
+        return QueryRequest(
+            current=page,
+            size=self.page_size,
+            params=QueryParams(
+                strTime=format_local(window.start), endTime=format_local(window.end), **filters
+            ),
+        )
+
+    def _read_pages(
+        self, window: TimeWindow, pages: range, filters: dict[str, Any], stats: FetchStats
+    ) -> Iterator[Page]:
+        """Pages in order, fetched `max_concurrency` at a time."""
+        if self.max_concurrency == 1 or len(pages) <= 1:
+            for number in pages:
+                yield self.query_page(self._request(window, number, filters), stats)
+            return
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(pages))) as pool:
+            yield from pool.map(
+                lambda number: self.query_page(self._request(window, number, filters), stats),
+                pages,
+            )
+
+    def fetch_window(self, window: TimeWindow, **filters: Any) -> WindowResult:
+        """Every task created in `window` (split into API-sized pieces), de-duplicated by taskId."""
+        pieces = split_window(window, self.max_window_days)
+        stats = FetchStats()
+        records: list[dict[str, Any]] = []
+        for piece in pieces:
+            records.extend(self._fetch_piece(piece, filters, stats))
+        return WindowResult(window=window, records=records, stats=stats)
+
+    def _fetch_piece(
+        self, window: TimeWindow, filters: dict[str, Any], stats: FetchStats
+    ) -> list[dict[str, Any]]:
+        by_id: dict[Any, dict[str, Any]] = {}
+        unkeyed: list[dict[str, Any]] = []
+        latest_total = 0
+        pages_read = 0
+        upstream_dups = 0
+
+        def absorb(page: Page) -> tuple[int, int]:
+            """Keep a page's records; return (rows returned, rows whose taskId was new)."""
+            nonlocal latest_total, pages_read
+            latest_total = page.total
+            pages_read += 1
+            new = 0
+            for record in page.records:
+                task_id = record.get("taskId")
+                if not isinstance(task_id, int) or isinstance(task_id, bool):
+                    unkeyed.append(record)  # the normaliser reports it; never dropped here
+                    new += 1
+                    continue
+                if task_id not in by_id:
+                    new += 1
+                by_id[task_id] = record  # a later read is the fresher one
+            return len(page.records), new
+
+        first = self.query_page(self._request(window, 1, filters), stats)
+        absorb(first)
+        read_upto = 1
+        passes = 1
+        while True:
+            # Follow the total as it grows: tasks created meanwhile push older ones back.
+            while read_upto < math.ceil(latest_total / self.page_size):
+                wanted = range(read_upto + 1, math.ceil(latest_total / self.page_size) + 1)
+                for page in self._read_pages(window, wanted, filters, stats):
+                    absorb(page)
+                read_upto = wanted[-1]
+            found = len(by_id) + len(unkeyed)
+            if found >= latest_total:
+                break
+            if passes > self.max_drift_passes:
+                raise LaafficIncompleteWindowError(
+                    f"window {window}: the API reports {latest_total} tasks but {passes} full "
+                    f"passes found only {found} distinct ones; refusing to store a partial window"
+                )
+            # Short: tasks moved while we paged (or the API repeats rows). Read it all again.
+            self.log.info(
+                "window %s: %d of %d tasks after pass %d; re-reading",
+                window,
+                found,
+                latest_total,
+                passes,
+            )
+            passes += 1
+            before = len(by_id)
+            returned = 0
+            pages_now = range(1, max(1, math.ceil(latest_total / self.page_size)) + 1)
+            unkeyed.clear()
+            for page in self._read_pages(window, pages_now, filters, stats):
+                returned += absorb(page)[0]
+            read_upto = pages_now[-1]
+            if len(by_id) == before and returned >= latest_total:
+                # A stable pass that returned `total` rows: the shortfall is upstream repeats.
+                upstream_dups = latest_total - (len(by_id) + len(unkeyed))
+                break
+        stats.api_total += latest_total
+        stats.pages += pages_read
+        stats.passes = max(stats.passes, passes)
+        stats.upstream_duplicates += upstream_dups
+        if upstream_dups:
+            self.log.warning(
+                "window %s: the API repeated %d rows (same taskId twice); kept one of each",
+                window,
+                upstream_dups,
+            )
+        return [*by_id.values(), *unkeyed]
+
+
+__all__ = ["LaafficApiError", "LaafficClient", "WindowResult", "sign", "split_window"]

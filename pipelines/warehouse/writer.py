@@ -1,0 +1,200 @@
+"""Writes one window to Postgres in one transaction: COPY into a staging table, a change-aware
+upsert into `group_call_tasks`, the window's rejects, and its sync-log row.
+
+A failure anywhere rolls the whole window back, so a window is either fully written or as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pipelines.laaffic.client import FetchStats
+from pipelines.laaffic.models import TimeWindow
+from pipelines.warehouse.migrate import SQL_DIR, apply_migrations
+from pipelines.warehouse.normalise import STAGE_COLUMNS, NormalisedWindow
+from pipelines.warehouse.urls import redact
+
+UPSERT_SQL = (SQL_DIR / "dml" / "upsert_group_call_tasks.sql").read_bytes()
+
+#: Staging columns and their types: text-typed input is parsed by Postgres, never by floats.
+STAGE_TYPES: dict[str, str] = {
+    "task_id": "bigint",
+    "task_name": "text",
+    "status": "smallint",
+    "rate": "numeric",
+    "num_cnt": "integer",
+    "call_num": "integer",
+    "success": "integer",
+    "fail": "integer",
+    "answered_num": "integer",
+    "send_sms_num": "integer",
+    "created_local": "timestamp",
+    "created_date": "date",
+    "script_id": "integer",
+    "task_type": "smallint",
+    "asr": "numeric",
+    "agent_total_feetime": "integer",
+    "charge_len": "integer",
+    "agent_fee_amount": "numeric(20,6)",
+    "acd_seconds": "numeric",
+    "group_call_pay_fee_amount": "numeric(20,6)",
+    "group_call_pay_fee_currency": "char(3)",
+    "sms_pay_fee_amount": "numeric(20,6)",
+    "sms_pay_fee_currency": "char(3)",
+    "task_sum_pay_fee_amount": "numeric(20,6)",
+    "task_sum_pay_fee_currency": "char(3)",
+    "raw": "jsonb",
+}
+assert tuple(STAGE_TYPES) == STAGE_COLUMNS, "staging types out of step with normalise.FIELDS"
+
+_CREATE_STAGE = sql.SQL(
+    "CREATE TEMP TABLE group_call_tasks_stage ({columns}) ON COMMIT DROP"
+).format(
+    columns=sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
+        for name, kind in STAGE_TYPES.items()
+    )
+)
+_COPY_STAGE = sql.SQL("COPY group_call_tasks_stage ({columns}) FROM STDIN").format(
+    columns=sql.SQL(", ").join(sql.Identifier(name) for name in STAGE_COLUMNS)
+)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What writing one window did."""
+
+    received: int
+    inserted: int
+    updated: int
+    unchanged: int
+    rejected: int
+    new_rejects: int
+    open_tasks: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse could not be reached or written; the message names it (password hidden)."""
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WarehouseError(
+            f"cannot connect to the warehouse at {redact(url)}: {first_line}. "
+            "Check WAREHOUSE_URL and that the server is up."
+        ) from None
+
+
+_migrated: set[str] = set()
+_migrated_lock = threading.Lock()
+
+
+def ensure_schema(conn: psycopg.Connection, url: str) -> list[str]:
+    """Apply pending migrations once per process and database."""
+    with _migrated_lock:
+        if url in _migrated:
+            return []
+        applied = apply_migrations(conn)
+        _migrated.add(url)
+        return applied
+
+
+def write_window(
+    conn: psycopg.Connection,
+    *,
+    window_date: date,
+    window: TimeWindow,
+    time_zone: str,
+    normalised: NormalisedWindow,
+    stats: FetchStats,
+    started_at: datetime,
+    run_id: str | None = None,
+) -> WriteResult:
+    """Stage, merge and log one window atomically."""
+    rows = normalised.rows
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_CREATE_STAGE)
+        with cur.copy(_COPY_STAGE) as copy:
+            for row in rows.itertuples(index=False, name=None):
+                copy.write_row(row)
+        cur.execute(UPSERT_SQL, {"time_zone": time_zone})
+        merged = cur.fetchone()
+        assert merged is not None
+        inserted, updated = int(merged[0]), int(merged[1])
+        new_rejects = _write_rejects(cur, normalised, window_date)
+        result = WriteResult(
+            received=len(rows),
+            inserted=inserted,
+            updated=updated,
+            unchanged=len(rows) - inserted - updated,
+            rejected=len(normalised.rejects),
+            new_rejects=new_rejects,
+            open_tasks=normalised.open_tasks,
+        )
+        cur.execute(
+            """
+            INSERT INTO group_call_sync_log (
+                window_date, window_start, window_end, time_zone, api_total, pages, requests,
+                retries, received, inserted, updated, unchanged, rejected, new_rejects,
+                open_tasks, started_at, run_id
+            ) VALUES (
+                %(window_date)s, %(window_start)s, %(window_end)s, %(time_zone)s, %(api_total)s,
+                %(pages)s, %(requests)s, %(retries)s, %(received)s, %(inserted)s, %(updated)s,
+                %(unchanged)s, %(rejected)s, %(new_rejects)s, %(open_tasks)s, %(started_at)s,
+                %(run_id)s
+            )
+            """,
+            {
+                "window_date": window_date,
+                "window_start": window.start,
+                "window_end": window.end,
+                "time_zone": time_zone,
+                "api_total": stats.api_total,
+                "pages": stats.pages,
+                "requests": stats.requests,
+                "retries": stats.retries,
+                "started_at": started_at,
+                "run_id": run_id,
+                **result.as_dict(),
+            },
+        )
+    return result
+
+
+def _write_rejects(cur: psycopg.Cursor, normalised: NormalisedWindow, window_date: date) -> int:
+    """Upsert this window's rejects; mark earlier ones of these tasks resolved. Returns new."""
+    new = 0
+    for reject in normalised.rejects:
+        cur.execute(
+            """
+            INSERT INTO group_call_task_rejects (task_id, field, raw_value, error, window_date)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (reject_key) DO UPDATE
+                SET last_seen_at = now(), error = EXCLUDED.error, resolved_at = NULL
+            RETURNING (xmax = 0)
+            """,
+            (reject.task_id, reject.field, reject.raw_value, reject.error, window_date),
+        )
+        row = cur.fetchone()
+        new += bool(row and row[0])
+    # A reject of a task re-read in this window but not refused again is resolved.
+    cur.execute(
+        """
+        UPDATE group_call_task_rejects AS r SET resolved_at = now()
+        WHERE r.resolved_at IS NULL AND r.last_seen_at < now()
+          AND r.task_id IN (SELECT task_id FROM group_call_tasks_stage)
+        """
+    )
+    return new

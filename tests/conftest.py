@@ -1,0 +1,58 @@
+"""Shared fixtures: a real PostgreSQL (a fresh database per test) and the simulator on loopback.
+
+The server is `TEST_DATABASE_URL` when set (any database on it; the fixtures create and drop
+their own), otherwise an embedded PostgreSQL from PyPI started for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
+from pipelines.warehouse.embedded import start_embedded_postgres
+from pipelines.warehouse.urls import with_database
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server on which tests may create databases."""
+    override = os.environ.get("TEST_DATABASE_URL")
+    if override:
+        yield override
+        return
+    with tempfile.TemporaryDirectory(prefix="laaffic-test-pg-") as tmp:
+        server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture
+def database_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_database(pg_server_url, name)
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    """The API simulator on a free 127.0.0.1 port, stopped after the test."""
+    with SimulatorServer(Simulator(SimulatorConfig())) as server:
+        yield server
