@@ -77,6 +77,7 @@ class WriteResult:
     rejected: int
     new_rejects: int
     open_tasks: int
+    partition_rows: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -134,6 +135,8 @@ def write_window(
         assert merged is not None
         inserted, updated = int(merged[0]), int(merged[1])
         new_rejects = _write_rejects(cur, normalised, window_date)
+        cur.execute("SELECT count(*) FROM group_call_tasks WHERE created_date = %s", (window_date,))
+        counted = cur.fetchone()
         result = WriteResult(
             received=len(rows),
             inserted=inserted,
@@ -142,6 +145,7 @@ def write_window(
             rejected=len(normalised.rejects),
             new_rejects=new_rejects,
             open_tasks=normalised.open_tasks,
+            partition_rows=int(counted[0]) if counted else 0,
         )
         cur.execute(
             """

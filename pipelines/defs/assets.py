@@ -1,0 +1,93 @@
+"""The `group_call_tasks` asset: one daily partition = one account-local day of tasks."""
+
+import warnings
+from datetime import date, timedelta
+
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Backoff,
+    BetaWarning,
+    DailyPartitionsDefinition,
+    FreshnessPolicy,
+    Jitter,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    TableColumn,
+    TableSchema,
+    asset,
+)
+
+from pipelines.defs.resources import LaafficApiResource, WarehouseResource
+from pipelines.settings import Settings
+from pipelines.sync import sync_days
+from pipelines.warehouse.queries import TABLE, table_columns, table_row_count
+
+SETTINGS = Settings.from_env()
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+API_POOL = "laaffic_api"
+
+
+def daily_partitions(timezone: str, start_date: date) -> DailyPartitionsDefinition:
+    """Account-local days. A day's partition exists once the day has ended."""
+    return DailyPartitionsDefinition(start_date=start_date.isoformat(), timezone=timezone)
+
+
+DAILY_PARTITIONS = daily_partitions(SETTINGS.timezone, SETTINGS.start_date)
+
+
+@asset(  # backfill_policy is beta in dagster 1.13; single-run range backfills rely on it
+    name=TABLE,
+    group_name="laaffic",
+    kinds={"python", "postgres"},
+    description=(
+        "LAAFFIC AI-Agent group-call tasks, one row per task, in the Postgres table "
+        "`group_call_tasks`. A partition is the tasks created on that account-local day "
+        f"({SETTINGS.timezone}); re-materializing it refreshes their figures."
+    ),
+    partitions_def=DAILY_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
+    pool=API_POOL,
+    retry_policy=RetryPolicy(
+        max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    ),
+    freshness_policy=FreshnessPolicy.cron(
+        deadline_cron=SETTINGS.freshness_deadline_cron,
+        lower_bound_delta=timedelta(hours=3),
+        timezone=SETTINGS.timezone,
+    ),
+    metadata={"dagster/table_name": TABLE, "account_timezone": SETTINGS.timezone},
+)
+def group_call_tasks(
+    context: AssetExecutionContext, laaffic: LaafficApiResource, warehouse: WarehouseResource
+) -> MaterializeResult:
+    """Sync every day of the run's partition range, each committed on its own (a failure keeps
+    the days already done), with each partition's own figures as its metadata."""
+    days = [date.fromisoformat(key) for key in context.partition_keys]
+    context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
+    client = laaffic.get_client(logger=context.log)
+    with warehouse.connect() as conn:
+        for synced in sync_days(
+            client,
+            conn,
+            days,
+            time_zone=SETTINGS.timezone,
+            run_id=context.run.run_id,
+            log=context.log,
+        ):
+            context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
+        columns = table_columns(conn)
+        rows = table_row_count(conn)
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "dagster/table_name": TABLE,
+            "dagster/column_schema": TableSchema(
+                columns=[TableColumn(c.name, c.type, description=c.description) for c in columns]
+            ),
+            "query": MetadataValue.md(
+                f"```sql\nSELECT * FROM {TABLE} WHERE created_date = '<partition>';\n```"
+            ),
+        }
+    )

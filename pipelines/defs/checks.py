@@ -1,0 +1,134 @@
+"""Checks on `group_call_tasks`: each looks at the windows the run just synced (or, run on its
+own, the latest sync of every day). Severity ERROR: each failure is a real data problem."""
+
+import warnings
+from collections.abc import Sequence
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    SupersessionWarning,
+    asset_check,
+    build_time_partition_freshness_checks,
+)
+
+from pipelines.defs.assets import SETTINGS, group_call_tasks
+from pipelines.defs.resources import WarehouseResource
+from pipelines.warehouse.queries import (
+    invariant_violations,
+    new_rejects,
+    row_count_mismatches,
+    synced_windows,
+)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]], limit: int = 20) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n... and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+@asset_check(
+    asset=group_call_tasks,
+    description="Each synced day holds exactly as many tasks as the API reported for its window.",
+)
+def row_count_matches_api(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    with warehouse.connect() as conn:
+        windows = synced_windows(conn, context.run.run_id)
+        mismatches = row_count_mismatches(conn, windows)
+    return AssetCheckResult(
+        passed=not mismatches,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"{len(mismatches)} of {len(windows)} day(s) differ from the API's total"
+            if mismatches
+            else f"all {len(windows)} day(s) match the API's total"
+        ),
+        metadata={
+            "days_checked": len(windows),
+            "days_mismatched": len(mismatches),
+            "mismatches": MetadataValue.md(
+                _md_table(("day", "API total", "rows stored"), mismatches)
+            ),
+        },
+    )
+
+
+@asset_check(
+    asset=group_call_tasks,
+    description="The syncs refused no value they had not refused before "
+    "(see table group_call_task_rejects).",
+)
+def no_new_rejects(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    with warehouse.connect() as conn:
+        windows = synced_windows(conn, context.run.run_id)
+        count, examples = new_rejects(conn, windows)
+    return AssetCheckResult(
+        passed=count == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{count} new rejected value(s)" if count else "no new rejected values",
+        metadata={
+            "new_rejects": count,
+            "examples": MetadataValue.md(
+                _md_table(("task_id", "field", "raw value", "error"), examples)
+            ),
+        },
+    )
+
+
+@asset_check(
+    asset=group_call_tasks,
+    description="success + fail = callNum; answeredNum <= callNum <= numCnt; taskSumPayFee = "
+    "groupCallPayFee + smsPayFee + agentFee; amounts >= 0; one currency per task.",
+)
+def task_invariants_hold(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    with warehouse.connect() as conn:
+        days = [w.window_date for w in synced_windows(conn, context.run.run_id)]
+        broken = invariant_violations(conn, days)
+    return AssetCheckResult(
+        passed=not broken,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{len(broken)} task(s) break an invariant" if broken else "all hold",
+        metadata={
+            "days_checked": len(days),
+            "tasks_broken": len(broken),
+            "broken": MetadataValue.md(
+                _md_table(
+                    ("task_id", "day", "problems"), [(t, d, "; ".join(p)) for t, d, p in broken]
+                )
+            ),
+        },
+    )
+
+
+DATA_CHECKS: list[AssetChecksDefinition] = [
+    row_count_matches_api,
+    no_new_rejects,
+    task_invariants_hold,
+]
+
+
+def freshness_checks(deadline_cron: str, timezone: str) -> Sequence[AssetChecksDefinition]:
+    """Yesterday's partition (account time) must be materialized by `deadline_cron`."""
+    with warnings.catch_warnings():  # superseded by FreshnessPolicy, which is not partition-aware
+        warnings.simplefilter("ignore", SupersessionWarning)
+        return build_time_partition_freshness_checks(
+            assets=[group_call_tasks],
+            deadline_cron=deadline_cron,
+            timezone=timezone,
+            severity=AssetCheckSeverity.ERROR,
+        )
+
+
+FRESHNESS_CHECKS = freshness_checks(SETTINGS.freshness_deadline_cron, SETTINGS.timezone)

@@ -1,0 +1,87 @@
+"""Dagster resources for the two ends: the LAAFFIC API and the Postgres warehouse.
+
+Secrets come in as `EnvVar`s: read when a run launches and shown in the UI only by name. A
+variable that is unset when the code location loads is left out, so the UI still opens; a run then
+fails at once with a message naming every missing variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field
+
+from pipelines.laaffic.client import DEFAULT_BASE_URL, LaafficClient, Logger
+from pipelines.laaffic.errors import LaafficConfigError
+from pipelines.warehouse.embedded import embedded_warehouse_url
+from pipelines.warehouse.writer import connect, ensure_schema
+
+
+def env_var_if_set(name: str) -> EnvVar | None:
+    """`EnvVar(name)` when the variable exists at load time, else None (see module docstring)."""
+    return EnvVar(name) if os.environ.get(name) else None
+
+
+class LaafficApiResource(ConfigurableResource):
+    """The LAAFFIC voice API: where it is, the credentials, and how hard to push it."""
+
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL.")
+    api_key: str | None = Field(default=None, description="Api-Key (LAAFFIC_API_KEY).")
+    api_secret: str | None = Field(default=None, description="Secret (LAAFFIC_API_SECRET).")
+    page_size: int = Field(default=100, ge=1, le=100)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, description="Attempts per page on transient errors.")
+    backoff_base_seconds: float = Field(default=0.5, ge=0)
+    max_concurrency: int = Field(
+        default=4, ge=1, description="Page requests in flight at once, per running step."
+    )
+    max_window_days: int = Field(default=31, ge=1)
+
+    def get_client(self, logger: Logger | None = None) -> LaafficClient:
+        missing = [
+            name
+            for name, value in (
+                ("LAAFFIC_API_KEY", self.api_key),
+                ("LAAFFIC_API_SECRET", self.api_secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise LaafficConfigError(
+                f"cannot call the LAAFFIC API: {', '.join(missing)} not set. Set them in the "
+                "environment of the Dagster code location and reload it (or run "
+                "`python -m pipelines dev` to use the local simulator)."
+            )
+        return LaafficClient(
+            self.base_url,
+            self.api_key,
+            self.api_secret,
+            page_size=self.page_size,
+            timeout_seconds=self.timeout_seconds,
+            max_attempts=self.max_attempts,
+            backoff_base_seconds=self.backoff_base_seconds,
+            max_concurrency=self.max_concurrency,
+            max_window_days=self.max_window_days,
+            logger=logger,
+        )
+
+
+class WarehouseResource(ConfigurableResource):
+    """The Postgres warehouse (WAREHOUSE_URL), or the embedded PostgreSQL when it is unset."""
+
+    url: str | None = Field(default=None, description="PostgreSQL URL (WAREHOUSE_URL).")
+
+    def resolved_url(self) -> str:
+        return self.url or embedded_warehouse_url()
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection with the schema migrated (once per process)."""
+        url = self.resolved_url()
+        with connect(url) as conn:
+            ensure_schema(conn, url)
+            yield conn

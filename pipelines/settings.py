@@ -1,0 +1,44 @@
+"""Load-time settings from the environment (Dagster needs them to build the partitions).
+
+Secrets are not here: they are `EnvVar`s on the resources, read at run launch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_START_DATE = date(2024, 1, 1)
+DEFAULT_FRESHNESS_DEADLINE_CRON = "0 3 * * *"
+
+
+@dataclass(frozen=True)
+class Settings:
+    timezone: str = DEFAULT_TIMEZONE
+    start_date: date = DEFAULT_START_DATE
+    #: yesterday's partition (account time) must be materialized by this cron tick
+    freshness_deadline_cron: str = DEFAULT_FRESHNESS_DEADLINE_CRON
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        timezone = os.getenv("LAAFFIC_TIMEZONE") or DEFAULT_TIMEZONE
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"LAAFFIC_TIMEZONE={timezone!r} is not an IANA time zone (e.g. Asia/Shanghai)"
+            ) from None
+        start = os.getenv("LAAFFIC_START_DATE") or DEFAULT_START_DATE.isoformat()
+        try:
+            start_date = date.fromisoformat(start)
+        except ValueError:
+            raise ValueError(f"LAAFFIC_START_DATE={start!r} is not a date (YYYY-MM-DD)") from None
+        return cls(
+            timezone=timezone,
+            start_date=start_date,
+            freshness_deadline_cron=os.getenv("LAAFFIC_FRESHNESS_DEADLINE_CRON")
+            or DEFAULT_FRESHNESS_DEADLINE_CRON,
+        )

@@ -1,0 +1,134 @@
+"""Read-side queries behind materialization metadata, asset checks and sensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+TABLE = "group_call_tasks"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    description: str
+
+
+def table_columns(conn: psycopg.Connection, table: str = TABLE) -> list[Column]:
+    """The table's columns with their SQL types and COMMENTs (the one source of descriptions)."""
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+               coalesce(col_description(a.attrelid, a.attnum), '')
+        FROM pg_attribute AS a
+        WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (table,),
+    ).fetchall()
+    return [Column(*row) for row in rows]
+
+
+def table_row_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM group_call_tasks").fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True)
+class SyncedWindow:
+    window_date: date
+    api_total: int
+    new_rejects: int
+    run_id: str | None
+
+
+def synced_windows(conn: psycopg.Connection, run_id: str | None) -> list[SyncedWindow]:
+    """The windows a run synced (its latest sync of each). With no such rows (a check run on its
+    own), the latest sync of every day."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT ON (window_date) window_date, api_total, new_rejects, run_id
+        FROM group_call_sync_log
+        WHERE run_id = %(run_id)s
+           OR NOT EXISTS (SELECT 1 FROM group_call_sync_log WHERE run_id = %(run_id)s)
+        ORDER BY window_date, finished_at DESC
+        """,
+        {"run_id": run_id},
+    ).fetchall()
+    return [SyncedWindow(*row) for row in rows]
+
+
+def row_count_mismatches(
+    conn: psycopg.Connection, windows: list[SyncedWindow]
+) -> list[tuple[date, int, int]]:
+    """(day, API total, rows stored) for each window whose stored rows differ from the API."""
+    if not windows:
+        return []
+    totals = {w.window_date: w.api_total for w in windows}
+    counts: dict[date, int] = dict(
+        conn.execute(
+            """
+            SELECT created_date, count(*) FROM group_call_tasks
+            WHERE created_date = ANY(%s) GROUP BY created_date
+            """,
+            (list(totals),),
+        ).fetchall()
+    )
+    return [
+        (day, total, int(counts.get(day, 0)))
+        for day, total in sorted(totals.items())
+        if int(counts.get(day, 0)) != total
+    ]
+
+
+INVARIANTS_SQL = """
+SELECT task_id, created_date, problems FROM (
+    SELECT task_id, created_date, array_remove(ARRAY[
+        CASE WHEN success + fail <> call_num THEN 'success + fail <> callNum' END,
+        CASE WHEN answered_num > call_num THEN 'answeredNum > callNum' END,
+        CASE WHEN call_num > num_cnt THEN 'callNum > numCnt' END,
+        CASE WHEN task_sum_pay_fee_amount
+                  <> group_call_pay_fee_amount + sms_pay_fee_amount + agent_fee_amount
+             THEN 'taskSumPayFee <> groupCallPayFee + smsPayFee + agentFee' END,
+        CASE WHEN least(group_call_pay_fee_amount, sms_pay_fee_amount, agent_fee_amount,
+                        task_sum_pay_fee_amount) < 0 THEN 'negative amount' END,
+        CASE WHEN group_call_pay_fee_currency <> task_sum_pay_fee_currency
+                  OR sms_pay_fee_currency <> task_sum_pay_fee_currency
+             THEN 'fees in different currencies' END
+    ], NULL) AS problems
+    FROM group_call_tasks
+    WHERE created_date = ANY(%s)
+) AS checked
+WHERE cardinality(problems) > 0
+ORDER BY created_date, task_id
+"""
+
+
+def invariant_violations(
+    conn: psycopg.Connection, days: list[date]
+) -> list[tuple[int, date, list[str]]]:
+    """(task_id, day, broken invariants) for every stored task of `days` that breaks one."""
+    if not days:
+        return []
+    return [(int(t), d, list(p)) for t, d, p in conn.execute(INVARIANTS_SQL, (days,)).fetchall()]
+
+
+def new_rejects(
+    conn: psycopg.Connection, windows: list[SyncedWindow], limit: int = 20
+) -> tuple[int, list[tuple[int | None, str, str | None, str]]]:
+    """How many values the windows' syncs refused for the first time, and some examples."""
+    total = sum(w.new_rejects for w in windows)
+    if not total:
+        return 0, []
+    examples = conn.execute(
+        """
+        SELECT task_id, field, left(raw_value, 200), error FROM group_call_task_rejects
+        WHERE window_date = ANY(%s) AND resolved_at IS NULL
+        ORDER BY last_seen_at DESC, reject_id LIMIT %s
+        """,
+        ([w.window_date for w in windows], limit),
+    ).fetchall()
+    return total, [(row[0], row[1], row[2], row[3]) for row in examples]
