@@ -10,7 +10,7 @@ from pipelines.defs.assets import group_call_tasks
 from pipelines.defs.checks import DATA_CHECKS, FRESHNESS_CHECKS
 from pipelines.defs.resources import LaafficApiResource, WarehouseResource, env_var_if_set
 from pipelines.defs.schedules import DAILY_SYNC_JOB, DAILY_SYNC_SCHEDULE
-from pipelines.defs.sensors import FRESHNESS_SENSOR
+from pipelines.defs.sensors import FRESHNESS_SENSOR, open_tasks_sensor
 from pipelines.laaffic.client import DEFAULT_BASE_URL
 
 defs = Definitions(
@@ -18,7 +18,7 @@ defs = Definitions(
     asset_checks=[*DATA_CHECKS, *FRESHNESS_CHECKS],
     jobs=[DAILY_SYNC_JOB],
     schedules=[DAILY_SYNC_SCHEDULE],
-    sensors=[FRESHNESS_SENSOR],
+    sensors=[open_tasks_sensor, FRESHNESS_SENSOR],
     # One asset and three light checks: a single process beats a process per step.
     executor=in_process_executor,
     resources={

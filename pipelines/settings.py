@@ -13,6 +13,21 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_START_DATE = date(2024, 1, 1)
 DEFAULT_FRESHNESS_DEADLINE_CRON = "0 3 * * *"
+DEFAULT_OPEN_TASKS_INTERVAL_SECONDS = 3600
+DEFAULT_OPEN_TASKS_HORIZON_DAYS = 30
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.getenv(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError(f"{name}={value!r} must be at least 1")
+    return number
 
 
 @dataclass(frozen=True)
@@ -21,6 +36,10 @@ class Settings:
     start_date: date = DEFAULT_START_DATE
     #: yesterday's partition (account time) must be materialized by this cron tick
     freshness_deadline_cron: str = DEFAULT_FRESHNESS_DEADLINE_CRON
+    #: how often the sensor looks for days whose stored tasks are still in progress
+    open_tasks_interval_seconds: int = DEFAULT_OPEN_TASKS_INTERVAL_SECONDS
+    #: tasks still open this many days after creation are no longer followed automatically
+    open_tasks_horizon_days: int = DEFAULT_OPEN_TASKS_HORIZON_DAYS
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -41,4 +60,10 @@ class Settings:
             start_date=start_date,
             freshness_deadline_cron=os.getenv("LAAFFIC_FRESHNESS_DEADLINE_CRON")
             or DEFAULT_FRESHNESS_DEADLINE_CRON,
+            open_tasks_interval_seconds=_int_env(
+                "LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", DEFAULT_OPEN_TASKS_INTERVAL_SECONDS
+            ),
+            open_tasks_horizon_days=_int_env(
+                "LAAFFIC_OPEN_TASKS_HORIZON_DAYS", DEFAULT_OPEN_TASKS_HORIZON_DAYS
+            ),
         )

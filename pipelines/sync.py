@@ -54,6 +54,8 @@ class DaySync:
             "rejected": self.write.rejected,
             "new_rejects": self.write.new_rejects,
             "open_tasks": self.write.open_tasks,
+            "open_tasks_refreshed": self.write.open_before,
+            "became_final": self.write.became_final,
             "duration_seconds": round(self.seconds, 3),
             "dagster/partition_row_count": self.write.partition_rows,
         }
@@ -63,8 +65,8 @@ class DaySync:
         return (
             f"{self.day}: {f.api_total} tasks ({f.pages} pages, {f.requests} requests, "
             f"{f.retries} retries) -> {w.inserted} inserted, {w.updated} updated, "
-            f"{w.unchanged} unchanged, {w.rejected} rejected, {w.open_tasks} open "
-            f"in {self.seconds:.2f}s"
+            f"{w.unchanged} unchanged, {w.rejected} rejected; {w.open_before} open refreshed, "
+            f"{w.became_final} became final, {w.open_tasks} still open; {self.seconds:.2f}s"
         )
 
 

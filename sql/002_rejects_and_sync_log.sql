@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS group_call_sync_log (
     rejected      integer     NOT NULL,
     new_rejects   integer     NOT NULL,
     open_tasks    integer     NOT NULL,
+    open_before   integer     NOT NULL,
+    became_final  integer     NOT NULL,
     started_at    timestamptz NOT NULL,
     finished_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     run_id        text
@@ -77,6 +79,9 @@ COMMENT ON COLUMN group_call_sync_log.unchanged IS 'Tasks re-read unchanged (the
 COMMENT ON COLUMN group_call_sync_log.rejected IS 'Values refused in this sync (see group_call_task_rejects).';
 COMMENT ON COLUMN group_call_sync_log.new_rejects IS 'Of those, values not seen by an earlier sync.';
 COMMENT ON COLUMN group_call_sync_log.open_tasks IS 'Tasks still in progress (status 0, 1, 5, 6) after this sync.';
+COMMENT ON COLUMN group_call_sync_log.open_before IS
+    'Tasks of the day that were stored as in progress before this sync (the ones it refreshed).';
+COMMENT ON COLUMN group_call_sync_log.became_final IS 'Of those, tasks this sync found final (2, 3, 4).';
 COMMENT ON COLUMN group_call_sync_log.started_at IS 'When the sync of this window started.';
 COMMENT ON COLUMN group_call_sync_log.finished_at IS 'When its transaction wrote this row.';
 COMMENT ON COLUMN group_call_sync_log.run_id IS 'The Dagster run that synced it.';

@@ -3,6 +3,8 @@ own, the latest sync of every day). Severity ERROR: each failure is a real data 
 
 import warnings
 from collections.abc import Sequence
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -20,6 +22,7 @@ from pipelines.defs.resources import WarehouseResource
 from pipelines.warehouse.queries import (
     invariant_violations,
     new_rejects,
+    open_tasks_created_before,
     row_count_mismatches,
     synced_windows,
 )
@@ -112,10 +115,39 @@ def task_invariants_hold(
     )
 
 
+@asset_check(
+    asset=group_call_tasks,
+    description=f"No stored task has stayed in progress for more than "
+    f"{SETTINGS.open_tasks_horizon_days} days: past that the open-tasks sensor stops following "
+    "it (a manual backfill of its day still refreshes it).",
+)
+def open_tasks_within_horizon(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    today = datetime.now(ZoneInfo(SETTINGS.timezone)).date()
+    horizon = today - timedelta(days=SETTINGS.open_tasks_horizon_days)
+    with warehouse.connect() as conn:
+        count, examples = open_tasks_created_before(conn, horizon)
+    return AssetCheckResult(
+        passed=count == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"{count} task(s) created before {horizon} are still open and no longer followed"
+            if count
+            else f"no task created before {horizon} is still open"
+        ),
+        metadata={
+            "stale_open_tasks": count,
+            "examples": MetadataValue.md(_md_table(("task_id", "day", "status"), examples)),
+        },
+    )
+
+
 DATA_CHECKS: list[AssetChecksDefinition] = [
     row_count_matches_api,
     no_new_rejects,
     task_invariants_hold,
+    open_tasks_within_horizon,
 ]
 
 

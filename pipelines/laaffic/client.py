@@ -266,10 +266,15 @@ class LaafficClient:
         )
 
     def _read_pages(
-        self, window: TimeWindow, pages: range, filters: dict[str, Any], stats: FetchStats
+        self,
+        window: TimeWindow,
+        pages: range,
+        filters: dict[str, Any],
+        stats: FetchStats,
+        sequential: bool = False,
     ) -> Iterator[Page]:
-        """Pages in order, fetched `max_concurrency` at a time."""
-        if self.max_concurrency == 1 or len(pages) <= 1:
+        """Pages in order, fetched `max_concurrency` at a time (one by one if `sequential`)."""
+        if sequential or self.max_concurrency == 1 or len(pages) <= 1:
             for number in pages:
                 yield self.query_page(self._request(window, number, filters), stats)
             return
@@ -301,6 +306,7 @@ class LaafficClient:
             """Keep a page's records; return (rows returned, rows whose taskId was new)."""
             nonlocal latest_total, pages_read
             latest_total = page.total
+            pass_totals.append(page.total)
             pages_read += 1
             new = 0
             for record in page.records:
@@ -314,6 +320,8 @@ class LaafficClient:
                 by_id[task_id] = record  # a later read is the fresher one
             return len(page.records), new
 
+        pass_totals: list[int] = []  # `total` of each page of the current pass, as read
+        sequential = self.max_concurrency == 1  # re-read passes always are (see below)
         first = self.query_page(self._request(window, 1, filters), stats)
         absorb(first)
         read_upto = 1
@@ -322,11 +330,21 @@ class LaafficClient:
             # Follow the total as it grows: tasks created meanwhile push older ones back.
             while read_upto < math.ceil(latest_total / self.page_size):
                 wanted = range(read_upto + 1, math.ceil(latest_total / self.page_size) + 1)
-                for page in self._read_pages(window, wanted, filters, stats):
+                for page in self._read_pages(window, wanted, filters, stats, sequential):
                     absorb(page)
                 read_upto = wanted[-1]
             found = len(by_id) + len(unkeyed)
-            if found >= latest_total:
+            if found >= max(pass_totals):
+                break
+            if (
+                sequential
+                and pass_totals == sorted(pass_totals)
+                and pass_totals[-1] > pass_totals[0]
+            ):
+                # Tasks were created while this pass read its pages in order. New tasks are the
+                # newest, so they only push older ones onto later pages (read twice, never
+                # skipped): every task that existed when the pass began has been read, and the
+                # shortfall is tasks created after its page 1. Another pass could never catch up.
                 break
             if passes > self.max_drift_passes:
                 raise LaafficIncompleteWindowError(
@@ -346,7 +364,10 @@ class LaafficClient:
             returned = 0
             pages_now = range(1, max(1, math.ceil(latest_total / self.page_size)) + 1)
             unkeyed.clear()
-            for page in self._read_pages(window, pages_now, filters, stats):
+            pass_totals.clear()
+            # In page order: concurrent reads while tasks are created can skip rows between pages.
+            sequential = True
+            for page in self._read_pages(window, pages_now, filters, stats, sequential):
                 returned += absorb(page)[0]
             read_upto = pages_now[-1]
             if len(by_id) == before and returned >= latest_total:

@@ -293,7 +293,7 @@ class Simulator:
     # -- control -------------------------------------------------------------------------------
     def script(self, *outcomes: str) -> None:
         """Force the next responses: an API code ('-18'), 'http:502', 'drop', 'slow', 'nonjson',
-        'nodata' or 'ok'."""
+        'nodata', 'ok' or 'ok-string-code' (a normal answer with `"code":"0"`, as documented)."""
         with self._lock:
             self._scripted.extend(outcomes)
 
@@ -486,7 +486,10 @@ class _Handler(BaseHTTPRequestHandler):
             sim.count("refused:-22")
             self._send(200, _code(-22, f"parameter exception: {problem}"))
             return
-        self._send(200, sim.query(query))
+        answer = sim.query(query)
+        if outcome == "ok-string-code":
+            answer = answer.replace(b'{"code":0,', b'{"code":"0",', 1)
+        self._send(200, answer)
 
     def _admin(self, sim: Simulator, raw: bytes) -> None:
         args = json.loads(raw or b"{}")

@@ -132,3 +132,53 @@ def new_rejects(
         ([w.window_date for w in windows], limit),
     ).fetchall()
     return total, [(row[0], row[1], row[2], row[3]) for row in examples]
+
+
+@dataclass(frozen=True)
+class OpenDay:
+    """A day with stored tasks still in progress, and the latest sync of that day."""
+
+    day: date
+    open_tasks: int
+    last_sync_id: int | None
+
+
+def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[OpenDay]:
+    """Days in [since, until] whose stored tasks are still open (status 0, 1, 5, 6).
+
+    Reads the partial index on open tasks: the cost follows the open tasks, not the history.
+    """
+    rows = conn.execute(
+        """
+        SELECT o.created_date, o.open_tasks,
+               (SELECT max(sync_id) FROM group_call_sync_log AS l
+                WHERE l.window_date = o.created_date)
+        FROM (
+            SELECT created_date, count(*) AS open_tasks FROM group_call_tasks
+            WHERE status IN (0, 1, 5, 6) AND created_date BETWEEN %s AND %s
+            GROUP BY created_date
+        ) AS o
+        ORDER BY o.created_date
+        """,
+        (since, until),
+    ).fetchall()
+    return [OpenDay(day, int(count), sync_id) for day, count, sync_id in rows]
+
+
+def open_tasks_created_before(
+    conn: psycopg.Connection, before: date, limit: int = 20
+) -> tuple[int, list[tuple[int, date, int]]]:
+    """Tasks still open that were created before `before`: a count and examples."""
+    row = conn.execute(
+        "SELECT count(*) FROM group_call_tasks WHERE status IN (0, 1, 5, 6) AND created_date < %s",
+        (before,),
+    ).fetchone()
+    examples = conn.execute(
+        """
+        SELECT task_id, created_date, status FROM group_call_tasks
+        WHERE status IN (0, 1, 5, 6) AND created_date < %s
+        ORDER BY created_date, task_id LIMIT %s
+        """,
+        (before, limit),
+    ).fetchall()
+    return (int(row[0]) if row else 0), [(int(t), d, int(s)) for t, d, s in examples]

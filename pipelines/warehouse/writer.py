@@ -77,6 +77,8 @@ class WriteResult:
     rejected: int
     new_rejects: int
     open_tasks: int
+    open_before: int
+    became_final: int
     partition_rows: int
 
     def as_dict(self) -> dict[str, int]:
@@ -126,6 +128,14 @@ def write_window(
     """Stage, merge and log one window atomically."""
     rows = normalised.rows
     with conn.transaction(), conn.cursor() as cur:
+        # The day's stored in-progress tasks, before this sync refreshes them.
+        cur.execute(
+            "SELECT coalesce(array_agg(task_id), '{}') FROM group_call_tasks "
+            "WHERE created_date = %s AND status IN (0, 1, 5, 6)",
+            (window_date,),
+        )
+        open_row = cur.fetchone()
+        open_before: list[int] = list(open_row[0]) if open_row else []
         cur.execute(_CREATE_STAGE)
         with cur.copy(_COPY_STAGE) as copy:
             for row in rows.itertuples(index=False, name=None):
@@ -135,8 +145,16 @@ def write_window(
         assert merged is not None
         inserted, updated = int(merged[0]), int(merged[1])
         new_rejects = _write_rejects(cur, normalised, window_date)
-        cur.execute("SELECT count(*) FROM group_call_tasks WHERE created_date = %s", (window_date,))
+        cur.execute(
+            """
+            SELECT (SELECT count(*) FROM group_call_tasks WHERE created_date = %(day)s),
+                   (SELECT count(*) FROM group_call_tasks
+                    WHERE task_id = ANY(%(open_before)s) AND status IN (2, 3, 4))
+            """,
+            {"day": window_date, "open_before": open_before},
+        )
         counted = cur.fetchone()
+        assert counted is not None
         result = WriteResult(
             received=len(rows),
             inserted=inserted,
@@ -145,18 +163,21 @@ def write_window(
             rejected=len(normalised.rejects),
             new_rejects=new_rejects,
             open_tasks=normalised.open_tasks,
-            partition_rows=int(counted[0]) if counted else 0,
+            open_before=len(open_before),
+            became_final=int(counted[1]),
+            partition_rows=int(counted[0]),
         )
         cur.execute(
             """
             INSERT INTO group_call_sync_log (
                 window_date, window_start, window_end, time_zone, api_total, pages, requests,
                 retries, received, inserted, updated, unchanged, rejected, new_rejects,
-                open_tasks, started_at, run_id
+                open_tasks, open_before, became_final, started_at, run_id
             ) VALUES (
                 %(window_date)s, %(window_start)s, %(window_end)s, %(time_zone)s, %(api_total)s,
                 %(pages)s, %(requests)s, %(retries)s, %(received)s, %(inserted)s, %(updated)s,
-                %(unchanged)s, %(rejected)s, %(new_rejects)s, %(open_tasks)s, %(started_at)s,
+                %(unchanged)s, %(rejected)s, %(new_rejects)s, %(open_tasks)s,
+                %(open_before)s, %(became_final)s, %(started_at)s,
                 %(run_id)s
             )
             """,
