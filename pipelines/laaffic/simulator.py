@@ -97,11 +97,7 @@ def _counters(rng: random.Random, status: int, num_cnt: int) -> dict[str, Any]:
         call_num = num_cnt
     success = round(call_num * rng.uniform(0.3, 0.95))
     answered = success
-    charge_len = sum(rng.randint(8, 140) for _ in range(min(answered, 50))) * max(
-        1, answered // 50 if answered > 50 else 1
-    )
-    if answered and charge_len == 0:
-        charge_len = answered
+    charge_len = answered * rng.randint(8, 140)  # seconds billed: answered calls x their mean
     return {
         "callNum": call_num,
         "success": success,
@@ -425,11 +421,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. its timeout): nothing to say
 
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -523,7 +522,10 @@ class SimulatorServer:
         self.simulator = simulator or Simulator()
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.simulator = self.simulator
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval makes stop() take ~50 ms instead of serve_forever's 0.5 s.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -1,0 +1,196 @@
+"""Reading a window completely: page counts, boundaries, faults, drift and upstream repeats."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from pipelines.laaffic.errors import LaafficIncompleteWindowError
+from pipelines.laaffic.models import TaskRecord, TimeWindow
+from pipelines.laaffic.simulator import SimulatorConfig, _Task, fingerprint
+from tests.laaffic.conftest import Serve
+from tests.laaffic.helpers import DAY, day_window, make_client
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_1234_tasks_are_read_in_exactly_13_pages(serve: Serve, concurrency: int) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 1234}))
+    client = make_client(server, max_concurrency=concurrency)
+
+    result = client.fetch_window(day_window())
+
+    assert server.simulator.stats.requests == 13
+    assert result.stats.requests == 13
+    assert result.stats.pages == 13
+    assert result.stats.retries == 0
+    assert result.stats.passes == 1
+    assert result.stats.api_total == 1234
+    ids = [record["taskId"] for record in result.records]
+    assert len(ids) == 1234
+    assert len(set(ids)) == 1234
+    for record in result.records:
+        TaskRecord.model_validate(record)
+    created = {record["createdTime"] for record in result.records}
+    assert "2024-06-04 00:00:00" in created
+    assert "2024-06-04 23:59:59" in created
+    assert fingerprint(result.records) == fingerprint(server.simulator.store.all_tasks([DAY]))
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        ("2024-06-04 00:00:00", "2024-06-04 00:00:00", ["2024-06-04 00:00:00"]),
+        ("2024-06-04 23:59:59", "2024-06-04 23:59:59", ["2024-06-04 23:59:59"]),
+        (
+            "2024-06-04 23:59:59",
+            "2024-06-05 00:00:00",
+            ["2024-06-05 00:00:00", "2024-06-04 23:59:59"],
+        ),
+    ],
+)
+def test_window_ends_are_inclusive(serve: Serve, start: str, end: str, expected: list[str]) -> None:
+    server = serve(SimulatorConfig(tasks_per_day=30))
+    fmt = "%Y-%m-%d %H:%M:%S"
+    window = TimeWindow(start=datetime.strptime(start, fmt), end=datetime.strptime(end, fmt))
+    result = make_client(server).fetch_window(window)
+    assert [record["createdTime"] for record in result.records] == expected
+
+
+def test_an_empty_window_costs_one_request(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 0}))
+    result = make_client(server).fetch_window(day_window())
+    assert result.records == []
+    assert server.simulator.stats.requests == 1
+
+
+def test_page_size_is_honoured(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 95}))
+    result = make_client(server, page_size=10).fetch_window(day_window())
+    assert len({record["taskId"] for record in result.records}) == 95
+    assert server.simulator.stats.requests == 10
+
+
+def test_5000_tasks_complete_and_exact_under_20_percent_faults(serve: Serve) -> None:
+    days = [DAY, DAY + timedelta(days=1)]
+    server = serve(
+        SimulatorConfig(
+            day_counts={days[0]: 2600, days[1]: 2400},
+            fault_rate=0.2,
+            fault_kinds=("-18", "502", "drop", "slow"),
+            slow_seconds=0.3,
+        )
+    )
+    held = server.simulator.store.all_tasks(days)  # generated now, not during the first page
+    assert len(held) == 5000
+    client = make_client(server, max_attempts=15, timeout_seconds=0.1)
+
+    result = client.fetch_window(day_window(days[0], days[1]))
+
+    assert len(result.records) == 5000
+    assert len({record["taskId"] for record in result.records}) == 5000
+    assert fingerprint(result.records) == fingerprint(held)
+    assert result.stats.retries > 0
+    assert result.stats.pages == 50
+    assert result.stats.requests == 50 + result.stats.retries  # every failure was retried
+    assert server.simulator.stats.requests == result.stats.requests
+    outcomes = server.simulator.stats.outcomes
+    assert sum(outcomes[kind] for kind in ("-18", "http:502", "drop", "slow")) > 0
+
+
+def _ids(records: list[dict[str, Any]]) -> list[int]:
+    return [record["taskId"] for record in records]
+
+
+@pytest.mark.parametrize("live_per_request", [1, 5])
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_no_task_is_lost_when_tasks_are_created_while_paging(
+    serve: Serve, concurrency: int, live_per_request: int
+) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 1234}, live_tasks_per_request=live_per_request))
+    existing = set(_ids(server.simulator.store.all_tasks([DAY])))
+    assert len(existing) == 1234
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    got = _ids(result.records)
+    assert len(got) == len(set(got))
+    assert existing <= set(got)
+    assert set(got) <= set(_ids(server.simulator.store.all_tasks([DAY])))
+    assert result.stats.api_total > 1234  # tasks really were created meanwhile
+
+
+def _repeat_some_rows(server_store: Any, every: int) -> None:
+    """Make the store's answer list every `every`-th task twice (the API repeating rows)."""
+    window = server_store.window
+
+    def repeating(start: str, end: str) -> list[_Task]:
+        tasks: list[_Task] = window(start, end)
+        out: list[_Task] = []
+        for n, task in enumerate(tasks):
+            out.append(task)
+            if n % every == every - 1:
+                out.append(task)
+        return out
+
+    server_store.window = repeating
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_upstream_duplicate_task_ids_are_kept_once_and_reported(
+    serve: Serve, concurrency: int
+) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 300}))
+    _repeat_some_rows(server.simulator.store, every=100)  # 3 repeats: the API reports 303
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    ids = _ids(result.records)
+    assert len(ids) == 300
+    assert len(set(ids)) == 300
+    assert result.stats.api_total == 303
+    assert result.stats.upstream_duplicates == 3
+    assert fingerprint(result.records) == fingerprint(server.simulator.store.all_tasks([DAY]))
+
+
+def test_a_total_that_can_never_be_reached_is_refused_not_stored(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 150}))
+    sim = server.simulator
+    query = sim.query
+
+    def inflated(q: dict[str, Any]) -> bytes:
+        answer = json.loads(query(q))
+        answer["data"]["total"] += 7
+        return json.dumps(answer).encode()
+
+    sim.query = inflated  # type: ignore[method-assign]
+    client = make_client(server, max_drift_passes=2)
+
+    with pytest.raises(LaafficIncompleteWindowError) as caught:
+        client.fetch_window(day_window())
+
+    assert "reports 157 tasks" in str(caught.value)
+    assert "found only 150" in str(caught.value)
+    assert "refusing to store a partial window" in str(caught.value)
+
+
+def test_filters_are_passed_to_the_api(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 400}, open_fraction=0.3))
+    held = server.simulator.store.all_tasks([DAY])
+    result = make_client(server).fetch_window(day_window(), statusList=[1, 5])
+    assert sorted(_ids(result.records)) == sorted(
+        record["taskId"] for record in held if record["status"] in (1, 5)
+    )
+    assert result.records
+
+
+def test_days_outside_the_configured_range_are_empty(serve: Serve) -> None:
+    server = serve(SimulatorConfig(first_day=DAY, last_day=DAY, tasks_per_day=5))
+    result = make_client(server).fetch_window(
+        day_window(DAY - timedelta(days=2), DAY + timedelta(days=2))
+    )
+    assert len(result.records) == 5
+    assert {record["createdTime"][:10] for record in result.records} == {"2024-06-04"}
+    assert date.fromisoformat(result.records[0]["createdTime"][:10]) == DAY

@@ -1,0 +1,334 @@
+"""The simulator behaves as the contract says: validation, filters, order, data, admin, binding."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from pipelines.laaffic.client import QUERY_PATH
+from pipelines.laaffic.models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord
+from pipelines.laaffic.simulator import (
+    Simulator,
+    SimulatorConfig,
+    SimulatorServer,
+    TaskStore,
+    fingerprint,
+)
+from tests.laaffic.conftest import Serve
+from tests.laaffic.helpers import DAY, body, day_window, make_client, raw_query, signed_headers
+
+WEEK = [DAY + timedelta(days=n) for n in range(7)]
+
+
+# -- request validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (body(size=0), "size must be an integer 1..100"),
+        (body(size=101), "size must be an integer 1..100"),
+        (body(size="100"), "size must be an integer 1..100"),
+        (body(current=0), "current must be an integer >= 1"),
+        (body(current=True), "current must be an integer >= 1"),
+        (body(taskType=2), "taskType must be 3"),
+        (body(start="2024-06-05 00:00:00", end="2024-06-04 23:59:59"), "strTime is after endTime"),
+        (body(statusList=[7]), "statusList must be a list of status codes 0..6"),
+        (body(statusList=[-1]), "statusList must be a list of status codes 0..6"),
+        (body(statusList=2), "statusList must be a list of status codes 0..6"),
+        (body(start="2024/06/04 00:00:00"), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
+        (body(end="2024-06-04T23:59:59"), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
+        (body(start="2024-06-04"), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
+        (body(start=None), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
+        (body(end="2024-07-05 00:00:01"), "the window may span at most 31 days"),
+        (body(idxAppId="7"), "idxAppId must be an integer"),
+        (body(searchCondition=5), "searchCondition must be a string"),
+        ({"current": 1, "size": 10}, "params is required"),
+        ([1, 2], "body must be a JSON object"),
+    ],
+)
+def test_invalid_bodies_are_minus_22(serve: Serve, payload: Any, problem: str) -> None:
+    server = serve()
+    answer = raw_query(server, payload)
+    assert answer["code"] == -22
+    assert problem in answer["msg"]
+    assert answer["data"] is None
+    assert server.simulator.stats.outcomes["refused:-22"] == 1
+
+
+def test_a_body_that_is_not_json_is_minus_22(serve: Serve) -> None:
+    answer = raw_query(serve(), None, data=b"current=1&size=10")
+    assert answer["code"] == -22
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        body(),
+        body(size=1),
+        body(size=100, current=99),
+        body(statusList=[0, 6]),
+        body(idxAppId=12, searchCondition=""),
+        body(start="2024-06-04 00:00:00", end="2024-07-05 00:00:00"),  # exactly 31 days
+    ],
+)
+def test_valid_bodies_are_answered(serve: Serve, payload: dict[str, Any]) -> None:
+    answer = raw_query(serve(), payload)
+    assert answer["code"] == 0
+    assert answer["msg"] == "success"
+    data = answer["data"]
+    assert set(data) == {"total", "size", "current", "pages", "searchCount", "records"}
+    assert data["size"] == payload["size"]
+    assert data["current"] == payload["current"]
+    assert data["pages"] == -(-data["total"] // data["size"])
+
+
+def _stale(config: SimulatorConfig) -> dict[str, str]:
+    return signed_headers(config, int(time.time()) - 3600)
+
+
+def _milliseconds(config: SimulatorConfig) -> dict[str, str]:
+    return signed_headers(config, int(time.time() * 1000))
+
+
+def _not_a_number(config: SimulatorConfig) -> dict[str, str]:
+    return {**signed_headers(config), "Timestamp": "17e8"}
+
+
+@pytest.mark.parametrize(
+    ("make_headers", "code"),
+    [
+        (lambda c: {**signed_headers(c), "Api-Key": "other"}, -1),
+        (lambda c: {**signed_headers(c), "Sign": "0" * 32}, -1),
+        (lambda c: {**signed_headers(c), "Sign": ""}, -1),
+        (lambda c: {k: v for k, v in signed_headers(c).items() if k != "Sign"}, -1),
+        (_not_a_number, -1),
+        (_stale, -16),  # validly signed, an hour old
+        (_milliseconds, -16),  # validly signed, but milliseconds rather than seconds
+    ],
+)
+def test_headers_are_checked(serve: Serve, make_headers: Any, code: int) -> None:
+    server = serve()
+    assert raw_query(server, body(), make_headers(server.simulator.config))["code"] == code
+    assert server.simulator.stats.outcomes[f"refused:{code}"] == 1
+
+
+def test_unknown_paths_are_404(serve: Serve) -> None:
+    server = serve()
+    assert (
+        requests.post(server.url + "/voice/group/call/other", json={}, timeout=5).status_code == 404
+    )
+    assert requests.get(server.url + QUERY_PATH, timeout=5).status_code == 404
+    assert requests.post(server.url + "/_sim/nothing", json={}, timeout=5).status_code == 404
+    assert server.simulator.stats.requests == 0
+
+
+# -- filtering and ordering ------------------------------------------------------------------
+
+
+def test_status_list_filters(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 500}, open_fraction=0.4))
+    held = server.simulator.store.all_tasks([DAY])
+    for statuses in ([2], [0, 1, 5, 6], [3, 4]):
+        answer = raw_query(server, body(statusList=statuses))["data"]
+        expected = [r for r in held if r["status"] in statuses]
+        assert answer["total"] == len(expected) > 0
+        assert {r["status"] for r in answer["records"]} <= set(statuses)
+
+
+def test_search_condition_is_a_substring_match_on_the_name(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 120}))
+    held = server.simulator.store.all_tasks([DAY])
+    for needle in ("回访客户", "Опрос", "été", "'spring'; batch", "-agent"):
+        answer = raw_query(server, body(searchCondition=needle))["data"]
+        expected = [r["taskId"] for r in held if needle in r["taskName"]]
+        assert answer["total"] == len(expected) > 0
+        assert all(needle in r["taskName"] for r in answer["records"])
+    assert raw_query(server, body(searchCondition="no such task"))["data"]["total"] == 0
+
+
+def test_records_are_listed_newest_first_across_pages(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 250, DAY + timedelta(days=1): 50}))
+    keys: list[tuple[str, int]] = []
+    for page in (1, 2, 3):
+        records = raw_query(server, body(current=page, end="2024-06-05 23:59:59"))["data"][
+            "records"
+        ]
+        keys.extend((r["createdTime"], r["taskId"]) for r in records)
+    assert len(keys) == 300
+    assert keys == sorted(keys, reverse=True)
+    assert keys[0][0] == "2024-06-05 23:59:59"
+    assert keys[-1][0] == "2024-06-04 00:00:00"
+
+
+def test_a_page_past_the_end_is_empty(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 30}))
+    data = raw_query(server, body(current=2, size=30))["data"]
+    assert data["total"] == 30
+    assert data["records"] == []
+
+
+# -- the data --------------------------------------------------------------------------------
+
+
+def test_data_is_deterministic_per_seed(serve: Serve) -> None:
+    a = serve(SimulatorConfig(seed=7))
+    b = serve(SimulatorConfig(seed=7))
+    c = serve(SimulatorConfig(seed=8))
+    window = day_window(WEEK[0], WEEK[-1])
+    fetched = [fingerprint(make_client(s).fetch_window(window).records) for s in (a, b, c)]
+    assert fetched[0] == fetched[1]
+    assert fetched[0] != fetched[2]
+    assert fetched[0] == fingerprint(a.simulator.store.all_tasks(WEEK))
+    assert fingerprint(TaskStore(SimulatorConfig(seed=7)).all_tasks(WEEK)) == fetched[0]
+
+
+def _amount(fee: str) -> tuple[Decimal, str | None]:
+    if fee.endswith(")"):
+        value, currency = fee[:-1].split("(")
+        return Decimal(value), currency
+    return Decimal(fee), None
+
+
+def test_records_validate_and_fees_add_up(serve: Serve) -> None:
+    server = serve(SimulatorConfig(seed=3))
+    records = make_client(server).fetch_window(day_window(WEEK[0], WEEK[-1])).records
+    assert len(records) > 100
+    currencies: set[str] = set()
+    for record in records:
+        TaskRecord.model_validate(record)
+        assert set(record) == set(TaskRecord.model_fields)
+        group, c1 = _amount(record["groupCallPayFee"])
+        sms, c2 = _amount(record["smsPayFee"])
+        total, c3 = _amount(record["taskSumPayFee"])
+        agent, none = _amount(record["agentFee"])
+        assert none is None  # agentFee carries no currency marker
+        assert c1 == c2 == c3 in ("USD", "EUR")
+        assert c1 is not None
+        currencies.add(c1)
+        assert total == group + sms + agent
+        assert record["success"] + record["fail"] == record["callNum"] <= record["numCnt"]
+        assert record["taskType"] == 3
+    assert currencies == {"USD", "EUR"}
+    fees = {r["smsPayFee"] for r in records} | {r["groupCallPayFee"] for r in records}
+    assert "0(USD)" in fees
+
+
+def test_names_are_not_only_ascii_and_survive_http(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 60}))
+    records = make_client(server).fetch_window(day_window()).records
+    names = {r["taskName"] for r in records}
+    assert any("回访客户" in n for n in names)
+    assert any("Опрос клиентов" in n for n in names)
+    assert any("Relance été" in n for n in names)
+    assert {r["taskName"] for r in server.simulator.store.all_tasks([DAY])} == names
+
+
+def test_open_tasks_move_and_become_final(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 400}, open_fraction=0.5))
+    store = server.simulator.store
+    before = {r["taskId"]: dict(r) for r in store.all_tasks([DAY])}
+    open_ids = {i for i, r in before.items() if r["status"] in OPEN_STATUSES}
+    assert open_ids
+
+    moved = store.advance([DAY])
+    after = {r["taskId"]: r for r in store.all_tasks([DAY])}
+    assert moved == len(open_ids)
+    step = {0: 6, 6: 1, 1: 2, 5: 1}
+    for task_id, record in before.items():
+        expected = step.get(record["status"], record["status"])
+        assert after[task_id]["status"] == expected
+
+    store.advance([DAY], to_final=True)
+    fetched = make_client(server).fetch_window(day_window()).records
+    assert {r["status"] for r in fetched} <= FINAL_STATUSES
+    assert store.advance([DAY]) == 0
+    for record in fetched:
+        TaskRecord.model_validate(record)
+        if record["taskId"] in open_ids:
+            assert record["status"] == 2
+            assert record["callNum"] == record["numCnt"]
+            # the currency of a task does not change as it moves on
+            assert record["taskSumPayFee"][-4:] == before[record["taskId"]]["taskSumPayFee"][-4:]
+            group, _ = _amount(record["groupCallPayFee"])
+            sms, _ = _amount(record["smsPayFee"])
+            assert _amount(record["taskSumPayFee"])[0] == group + sms + Decimal(record["agentFee"])
+        else:
+            assert record == before[record["taskId"]]  # final tasks never change
+
+
+def test_live_tasks_appear_newest_first_in_the_queried_window(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 10}, live_tasks_per_request=2))
+    first = raw_query(server, body())["data"]
+    second = raw_query(server, body())["data"]
+    assert (first["total"], second["total"]) == (10, 12)
+    assert [r["createdTime"] for r in second["records"][:2]] == ["2024-06-04 23:59:59"] * 2
+    assert second["records"][0]["taskId"] > second["records"][1]["taskId"]
+
+
+# -- admin endpoints and binding -------------------------------------------------------------
+
+
+def _admin(server: SimulatorServer, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    response = requests.post(server.url + path, json=payload, timeout=5)
+    assert response.status_code == 200
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_admin_endpoints(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 300}, open_fraction=0.5))
+    open_before = sum(r["status"] in OPEN_STATUSES for r in server.simulator.store.all_tasks([DAY]))
+    assert open_before
+
+    assert _admin(server, "/_sim/script", {"outcomes": ["-18", "http:502"]}) == {}
+    assert raw_query(server, body())["code"] == -18
+    assert (
+        requests.post(
+            server.url + QUERY_PATH,
+            json=body(),
+            headers=signed_headers(server.simulator.config),
+            timeout=5,
+        ).status_code
+        == 502
+    )
+    assert raw_query(server, body())["code"] == 0
+
+    stats = requests.get(server.url + "/_sim/stats", timeout=5).json()
+    assert stats == {"requests": 3, "outcomes": {"-18": 1, "http:502": 1, "ok": 1}}
+
+    moved = _admin(server, "/_sim/advance", {"days": [DAY.isoformat()], "to_final": True})
+    assert moved == {"moved": open_before}
+    statuses = {r["status"] for r in raw_query(server, body(size=100))["data"]["records"]}
+    assert statuses <= FINAL_STATUSES
+    assert _admin(server, "/_sim/advance", {}) == {"moved": 0}
+
+    assert _admin(server, "/_sim/configure", {"allowed_ips": ["10.0.0.1"]}) == {}
+    assert raw_query(server, body())["code"] == -2
+    assert _admin(server, "/_sim/reset_stats", {}) == {}
+    assert requests.get(server.url + "/_sim/stats", timeout=5).json() == {
+        "requests": 0,
+        "outcomes": {},
+    }
+
+
+def test_it_binds_loopback_only(serve: Serve) -> None:
+    server = serve()
+    assert server.url.startswith("http://127.0.0.1:")
+    host, port = server._server.server_address[:2]
+    assert (host, port) == ("127.0.0.1", server.port)
+    if sys.platform.startswith("linux"):  # 127.0.0.2 is loopback too, but not the bound address
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", server.port), timeout=2).close()
+
+
+def test_the_conftest_simulator_fixture_serves(simulator: SimulatorServer) -> None:
+    assert isinstance(simulator.simulator, Simulator)
+    assert make_client(simulator).fetch_window(day_window(date(2024, 1, 1))).records
