@@ -6,14 +6,16 @@ Plain functions, no Dagster: the asset wraps them, tests and benchmarks call the
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from pipelines.laaffic.client import FetchStats, LaafficClient, Logger
+from pipelines.laaffic.client import FetchStats, LaafficClient, Logger, WindowResult
 from pipelines.laaffic.models import TimeWindow
 from pipelines.warehouse.normalise import normalise_records
 from pipelines.warehouse.writer import WriteResult, write_window
@@ -70,6 +72,34 @@ class DaySync:
         )
 
 
+def _write_day(
+    conn: psycopg.Connection,
+    fetched: WindowResult,
+    day: date,
+    *,
+    started: datetime,
+    clock: float,
+    time_zone: str,
+    run_id: str | None,
+    log: Logger | None,
+) -> DaySync:
+    normalised = normalise_records(fetched.records, log=log.warning if log else None)
+    written = write_window(
+        conn,
+        window_date=day,
+        window=fetched.window,
+        time_zone=time_zone,
+        normalised=normalised,
+        stats=fetched.stats,
+        started_at=started,
+        run_id=run_id,
+    )
+    result = DaySync(day, fetched.window, fetched.stats, written, time.perf_counter() - clock)
+    if log is not None:
+        log.info(result.summary())
+    return result
+
+
 def sync_day(
     client: LaafficClient,
     conn: psycopg.Connection,
@@ -79,23 +109,10 @@ def sync_day(
     run_id: str | None = None,
     log: Logger | None = None,
 ) -> DaySync:
-    started, clock = datetime.now(UTC), time.perf_counter()
-    window = day_window(day)
-    fetched = client.fetch_window(window)
-    normalised = normalise_records(fetched.records, log=log.warning if log else None)
-    written = write_window(
-        conn,
-        window_date=day,
-        window=window,
-        time_zone=time_zone,
-        normalised=normalised,
-        stats=fetched.stats,
-        started_at=started,
-        run_id=run_id,
+    """Read, normalise and write one day."""
+    (result,) = sync_days(
+        client, conn, [day], time_zone=time_zone, run_id=run_id, log=log, days_ahead=0
     )
-    result = DaySync(day, window, fetched.stats, written, time.perf_counter() - clock)
-    if log is not None:
-        log.info(result.summary())
     return result
 
 
@@ -107,7 +124,42 @@ def sync_days(
     time_zone: str,
     run_id: str | None = None,
     log: Logger | None = None,
+    days_ahead: int = 2,
 ) -> Iterator[DaySync]:
-    """Sync days in order, each committed before the next starts; yields as each commits."""
-    for day in days:
-        yield sync_day(client, conn, day, time_zone=time_zone, run_id=run_id, log=log)
+    """Sync days in order, each committed on its own before the next; yields as each commits.
+
+    While one day is normalised and written, the next `days_ahead` days are already being read
+    (their requests share the client's bounded pool), so the API's latency overlaps our work.
+    At most `days_ahead + 1` windows are held in memory, however long the range.
+    """
+    pending: deque[tuple[date, datetime, float, Future[WindowResult]]] = deque()
+    upcoming = iter(days)
+    with ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day") as pool:
+
+        def read_next() -> None:
+            day = next(upcoming, None)
+            if day is not None:
+                started = datetime.now(UTC)
+                future = pool.submit(client.fetch_window, day_window(day))
+                pending.append((day, started, time.perf_counter(), future))
+
+        try:
+            for _ in range(days_ahead + 1):
+                read_next()
+            while pending:
+                day, started, clock, future = pending.popleft()
+                fetched = future.result()
+                read_next()
+                yield _write_day(
+                    conn,
+                    fetched,
+                    day,
+                    started=started,
+                    clock=clock,
+                    time_zone=time_zone,
+                    run_id=run_id,
+                    log=log,
+                )
+        finally:
+            for *_, future in pending:
+                future.cancel()

@@ -9,6 +9,7 @@ from dagster import (
     Backoff,
     BetaWarning,
     DailyPartitionsDefinition,
+    Failure,
     FreshnessPolicy,
     Jitter,
     MaterializeResult,
@@ -20,6 +21,12 @@ from dagster import (
 )
 
 from pipelines.defs.resources import LaafficApiResource, WarehouseResource
+from pipelines.laaffic.errors import (
+    LaafficApiError,
+    LaafficClockSkewError,
+    LaafficConfigError,
+    LaafficHttpError,
+)
 from pipelines.settings import Settings
 from pipelines.sync import sync_days
 from pipelines.warehouse.queries import TABLE, table_columns, table_row_count
@@ -66,19 +73,26 @@ def group_call_tasks(
     the days already done), with each partition's own figures as its metadata."""
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
-    client = laaffic.get_client(logger=context.log)
-    with warehouse.connect() as conn:
-        for synced in sync_days(
-            client,
-            conn,
-            days,
-            time_zone=SETTINGS.timezone,
-            run_id=context.run.run_id,
-            log=context.log,
-        ):
-            context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
-        columns = table_columns(conn)
-        rows = table_row_count(conn)
+    done: list[str] = []
+    try:
+        with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
+            for synced in sync_days(
+                client,
+                conn,
+                days,
+                time_zone=SETTINGS.timezone,
+                run_id=context.run.run_id,
+                log=context.log,
+                days_ahead=laaffic.days_ahead,
+            ):
+                context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
+                done.append(synced.partition_key)
+            columns = table_columns(conn)
+            rows = table_row_count(conn)
+    except (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError) as exc:
+        # Wrong credentials, IP, request or clock: retrying the step cannot help.
+        kept = f"; {len(done)} day(s) were committed before it ({', '.join(done)})" if done else ""
+        raise Failure(description=f"{exc}{kept}", allow_retries=False) from exc
     return MaterializeResult(
         metadata={
             "dagster/row_count": rows,

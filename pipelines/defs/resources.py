@@ -40,6 +40,11 @@ class LaafficApiResource(ConfigurableResource):
         default=4, ge=1, description="Page requests in flight at once, per running step."
     )
     max_window_days: int = Field(default=31, ge=1)
+    days_ahead: int = Field(
+        default=2,
+        ge=0,
+        description="In a range run, days read ahead while the current one is written.",
+    )
 
     def get_client(self, logger: Logger | None = None) -> LaafficClient:
         missing = [

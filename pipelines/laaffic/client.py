@@ -143,6 +143,8 @@ class LaafficClient:
         self.log: Logger = logger or logging.getLogger(__name__)
         self._clock = clock
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LaafficClient(base_url={self.base_url!r}, api_key='***', api_secret='***')"
@@ -265,6 +267,28 @@ class LaafficClient:
             ),
         )
 
+    def _executor(self) -> ThreadPoolExecutor:
+        """The pool every request runs on: at most `max_concurrency` requests in flight from
+        this client, whatever number of windows are being read at once."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.max_concurrency, thread_name_prefix="laaffic-http"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def __enter__(self) -> LaafficClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _read_pages(
         self,
         window: TimeWindow,
@@ -273,16 +297,23 @@ class LaafficClient:
         stats: FetchStats,
         sequential: bool = False,
     ) -> Iterator[Page]:
-        """Pages in order, fetched `max_concurrency` at a time (one by one if `sequential`)."""
-        if sequential or self.max_concurrency == 1 or len(pages) <= 1:
+        """Pages in order, fetched on the shared pool (one at a time if `sequential`)."""
+        pool = self._executor()
+
+        def read(number: int) -> Page:
+            return self.query_page(self._request(window, number, filters), stats)
+
+        if sequential:
             for number in pages:
-                yield self.query_page(self._request(window, number, filters), stats)
+                yield pool.submit(read, number).result()
             return
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(pages))) as pool:
-            yield from pool.map(
-                lambda number: self.query_page(self._request(window, number, filters), stats),
-                pages,
-            )
+        futures = [pool.submit(read, number) for number in pages]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()  # a failed page stops the window: drop what has not started
 
     def fetch_window(self, window: TimeWindow, **filters: Any) -> WindowResult:
         """Every task created in `window` (split into API-sized pieces), de-duplicated by taskId."""
@@ -322,7 +353,7 @@ class LaafficClient:
 
         pass_totals: list[int] = []  # `total` of each page of the current pass, as read
         sequential = self.max_concurrency == 1  # re-read passes always are (see below)
-        first = self.query_page(self._request(window, 1, filters), stats)
+        (first,) = self._read_pages(window, range(1, 2), filters, stats, sequential=True)
         absorb(first)
         read_upto = 1
         passes = 1
