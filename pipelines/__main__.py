@@ -25,7 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def local_environment() -> Iterator[dict[str, str]]:
     """Fill in the environment with local stand-ins for what is not configured."""
     from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
-    from pipelines.warehouse.embedded import embedded_warehouse
+    from pipelines.warehouse.embedded import embedded_pgdata, embedded_warehouse
     from pipelines.warehouse.urls import redact
 
     with ExitStack() as stack:
@@ -43,7 +43,7 @@ def local_environment() -> Iterator[dict[str, str]]:
             print(f"LAAFFIC API: {os.environ.get('LAAFFIC_BASE_URL', 'https://api.laaffic.com')}")
         if not os.environ.get("WAREHOUSE_URL"):
             provided["WAREHOUSE_URL"] = stack.enter_context(embedded_warehouse())
-            print("warehouse: embedded PostgreSQL (.pgdata/)")
+            print(f"warehouse: embedded PostgreSQL ({embedded_pgdata()})")
         else:
             print(f"warehouse: {redact(os.environ['WAREHOUSE_URL'])}")
         provided.setdefault("DAGSTER_HOME", os.environ.get("DAGSTER_HOME") or "")

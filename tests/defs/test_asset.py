@@ -1,0 +1,191 @@
+"""The `group_call_tasks` asset in process: a partition loads exactly its day, and every partition
+of a single-run range carries its own metadata."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import psycopg
+from dagster import AssetKey, DagsterInstance, materialize
+
+from pipelines.defs.assets import group_call_tasks
+from pipelines.defs.checks import no_new_rejects, row_count_matches_api, task_invariants_hold
+from pipelines.defs.resources import LaafficApiResource, WarehouseResource
+from pipelines.laaffic.simulator import SimulatorServer
+from tests.defs.helpers import (
+    days_between,
+    range_tags,
+    resources,
+    simulated,
+    stored_days,
+    stored_tasks,
+)
+
+CHECKS = [row_count_matches_api, no_new_rejects, task_invariants_hold]
+DAY = date(2024, 6, 4)
+WEEK = days_between(date(2024, 6, 1), date(2024, 6, 7))
+
+
+def _value(metadata: dict[str, object], key: str) -> object:
+    entry = metadata[key]
+    return getattr(entry, "value", entry)
+
+
+def test_single_partition_loads_exactly_its_day_with_honest_metadata(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    # 250 tasks: three pages of 100; the first request meets a transient -18 and is retried.
+    simulator.simulator.configure(day_counts={DAY: 250})
+    simulator.simulator.script("-18")
+    expected = simulated(simulator, [DAY])
+    assert len(expected) == 250
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [group_call_tasks, *CHECKS],
+            resources=resources(simulator, database_url),
+            instance=instance,
+            partition_key=DAY.isoformat(),
+        )
+        assert result.success
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+
+        # Exactly that day's tasks, byte for byte as the API returned them, nothing of its
+        # neighbours (each simulated day has tasks at 00:00:00 and 23:59:59).
+        assert stored_tasks(database_url) == expected
+        assert stored_days(database_url) == {DAY: 250}
+        with psycopg.connect(database_url) as conn:
+            columns = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'group_call_tasks' ORDER BY ordinal_position"
+                )
+            ]
+
+        materializations = result.asset_materializations_for_node("group_call_tasks")
+        assert [m.partition for m in materializations] == [DAY.isoformat()]
+        metadata = dict(materializations[0].metadata)
+        figures = {
+            key: _value(metadata, key)
+            for key in (
+                "api_total",
+                "pages",
+                "requests",
+                "retries",
+                "inserted",
+                "updated",
+                "unchanged",
+                "rejected",
+                "dagster/row_count",
+                "dagster/partition_row_count",
+                "dagster/table_name",
+            )
+        }
+        assert figures == {
+            "api_total": 250,
+            "pages": 3,
+            "requests": 4,
+            "retries": 1,
+            "inserted": 250,
+            "updated": 0,
+            "unchanged": 0,
+            "rejected": 0,
+            "dagster/row_count": 250,
+            "dagster/partition_row_count": 250,
+            "dagster/table_name": "group_call_tasks",
+        }
+        duration = _value(metadata, "duration_seconds")
+        assert isinstance(duration, float) and duration >= 0
+        schema = _value(metadata, "dagster/column_schema")
+        assert [c.name for c in schema.columns] == columns  # type: ignore[attr-defined]
+        assert all(c.description for c in schema.columns)  # type: ignore[attr-defined]
+
+        # The instance records the same: one materialization of that one partition.
+        records = instance.fetch_materializations(AssetKey("group_call_tasks"), limit=10).records
+        assert [r.partition_key for r in records] == [DAY.isoformat()]
+
+        # Materializing it again changes nothing and says so.
+        again = materialize(
+            [group_call_tasks],
+            resources=resources(simulator, database_url),
+            instance=instance,
+            partition_key=DAY.isoformat(),
+        )
+        metadata = dict(again.asset_materializations_for_node("group_call_tasks")[0].metadata)
+        assert [_value(metadata, k) for k in ("inserted", "updated", "unchanged", "retries")] == [
+            0,
+            0,
+            250,
+            0,
+        ]
+        assert stored_tasks(database_url) == expected
+
+
+def test_range_in_one_run_gives_each_partition_its_own_figures(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    counts = {day: len(simulator.simulator.store.day(day)) for day in WEEK}
+    assert len(set(counts.values())) > 1, "the seed should give the days different counts"
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [group_call_tasks, *CHECKS],
+            resources=resources(simulator, database_url),
+            instance=instance,
+            tags=range_tags(WEEK[0], WEEK[-1]),
+        )
+        assert result.success
+        assert stored_days(database_url) == counts
+        assert stored_tasks(database_url) == simulated(simulator, WEEK)
+
+        runs = instance.get_runs()
+        assert [r.run_id for r in runs] == [result.run_id]
+        records = instance.fetch_materializations(AssetKey("group_call_tasks"), limit=100).records
+        assert len(records) == 7
+        assert {r.run_id for r in records} == {result.run_id}
+        per_partition = {
+            date.fromisoformat(r.partition_key or ""): dict(r.asset_materialization.metadata)  # type: ignore[union-attr]
+            for r in records
+        }
+        assert sorted(per_partition) == WEEK
+        total = sum(counts.values())
+        for day, metadata in per_partition.items():
+            assert _value(metadata, "api_total") == counts[day], day
+            assert _value(metadata, "dagster/partition_row_count") == counts[day], day
+            assert _value(metadata, "inserted") == counts[day], day
+            assert _value(metadata, "pages") == 1, day
+            assert _value(metadata, "requests") == 1, day
+            assert _value(metadata, "window") == f"[{day} 00:00:00 .. {day} 23:59:59]", day
+            assert _value(metadata, "dagster/row_count") == total
+            assert _value(metadata, "dagster/table_name") == "group_call_tasks"
+        # Not one figure copied onto every partition: the api totals follow the days.
+        assert [_value(per_partition[d], "api_total") for d in WEEK] == [counts[d] for d in WEEK]
+
+
+def test_run_without_credentials_fails_at_once_naming_them(database_url: str) -> None:
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [group_call_tasks],
+            resources={
+                "laaffic": LaafficApiResource(),
+                "warehouse": WarehouseResource(url=database_url),
+            },
+            instance=instance,
+            partition_key=DAY.isoformat(),
+            raise_on_error=False,
+        )
+        assert not result.success
+        events = result.all_events
+        # No step retry is requested (the asset's RetryPolicy would wait 30 s and more).
+        assert not [e for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        failures = [e for e in events if e.event_type_value == "STEP_FAILURE"]
+        assert len(failures) == 1
+        error = failures[0].step_failure_data.error  # type: ignore[union-attr]
+        assert error is not None
+        assert "LAAFFIC_API_KEY" in error.message
+        assert "LAAFFIC_API_SECRET" in error.message
+        # It stopped before touching the warehouse (not even the schema was created).
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT to_regclass('group_call_tasks')").fetchone()
+        assert row == (None,)

@@ -1,0 +1,218 @@
+"""Asset checks: the partition-aware freshness check and the three data checks, each shown failing
+on a stale or crafted bad table and passing on a good one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetSelection,
+    DagsterInstance,
+    materialize,
+)
+
+from pipelines.defs.assets import SETTINGS, group_call_tasks
+from pipelines.defs.checks import (
+    freshness_checks,
+    no_new_rejects,
+    row_count_matches_api,
+    task_invariants_hold,
+)
+from pipelines.laaffic.simulator import SimulatorServer
+from tests.defs.helpers import days_between, range_tags, resources
+
+DATA_CHECKS = [row_count_matches_api, no_new_rejects, task_invariants_hold]
+DAYS = days_between(date(2024, 6, 1), date(2024, 6, 3))
+
+
+def _sync(
+    sim: SimulatorServer, database_url: str, instance: DagsterInstance, days: list[date]
+) -> dict[str, AssetCheckEvaluation]:
+    """Materialize `days` in one run, with the data checks; their evaluations by name."""
+    result = materialize(
+        [group_call_tasks, *DATA_CHECKS],
+        resources=resources(sim, database_url),
+        instance=instance,
+        tags=range_tags(days[0], days[-1]),
+    )
+    assert result.success
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _run_checks(
+    sim: SimulatorServer,
+    database_url: str,
+    instance: DagsterInstance,
+    checks: Sequence[AssetChecksDefinition],
+) -> dict[str, AssetCheckEvaluation]:
+    """Run only `checks` (no materialization), as from the UI's "Execute checks"."""
+    result = materialize(
+        [group_call_tasks, *checks],
+        selection=AssetSelection.checks(*checks),
+        resources=resources(sim, database_url),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert result.success  # a failed check is a result, not a failed run
+    assert not result.asset_materializations_for_node("group_call_tasks")
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _md(evaluation: AssetCheckEvaluation, key: str) -> str:
+    value = evaluation.metadata[key].value
+    assert isinstance(value, str)
+    return value
+
+
+def _passed_all(evaluations: dict[str, AssetCheckEvaluation]) -> None:
+    assert sorted(evaluations) == sorted(c.check_key.name for c in DATA_CHECKS)
+    failed = {name: e.description for name, e in evaluations.items() if not e.passed}
+    assert not failed
+
+
+# -- freshness ----------------------------------------------------------------------------------
+
+
+def _freshness(
+    sim: SimulatorServer, database_url: str, instance: DagsterInstance
+) -> AssetCheckEvaluation:
+    # Deadline midnight: it has always passed already, whatever the wall clock says, and the
+    # partition it expects is then the account-local day that ended at the last midnight.
+    checks = freshness_checks("0 0 * * *", SETTINGS.timezone)
+    (evaluation,) = _run_checks(sim, database_url, instance, checks).values()
+    assert evaluation.severity == AssetCheckSeverity.ERROR
+    return evaluation
+
+
+def _expected_partition(description: str | None) -> date:
+    assert description
+    key = next(w for w in description.replace(",", " ").split() if w[:2] == "20" and len(w) == 10)
+    return date.fromisoformat(key)
+
+
+def test_freshness_fails_for_a_stale_partition_and_passes_once_materialized(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    today = datetime.now(ZoneInfo(SETTINGS.timezone)).date()
+    with DagsterInstance.ephemeral() as instance:
+        never = _freshness(simulator, database_url, instance)
+        assert not never.passed
+        assert "never been observed/materialized" in (never.description or "")
+        expected = _expected_partition(never.description)
+        # The latest complete account-local day ("today" read before the check ran).
+        assert expected in (today - timedelta(days=1), today)
+
+        # Only an older day is there: still stale, and it says the partition is overdue.
+        older = expected - timedelta(days=1)
+        _sync(simulator, database_url, instance, [older])
+        stale = _freshness(simulator, database_url, instance)
+        assert not stale.passed
+        assert "overdue" in (stale.description or "")
+        assert _expected_partition(stale.description) == expected
+
+        _sync(simulator, database_url, instance, [expected])
+        fresh = _freshness(simulator, database_url, instance)
+        assert fresh.passed
+        assert _expected_partition(fresh.description) == expected
+
+
+# -- data checks --------------------------------------------------------------------------------
+
+
+def test_row_count_check_fails_when_a_day_lost_a_row(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    with DagsterInstance.ephemeral() as instance:
+        _passed_all(_sync(simulator, database_url, instance, DAYS))
+        # Checks run on their own re-check the latest sync of every day: still all good.
+        _passed_all(_run_checks(simulator, database_url, instance, DATA_CHECKS))
+
+        victim = DAYS[1]
+        api_total = len(simulator.simulator.store.day(victim))
+        with psycopg.connect(database_url) as conn:
+            conn.execute(
+                "DELETE FROM group_call_tasks WHERE task_id = "
+                "(SELECT min(task_id) FROM group_call_tasks WHERE created_date = %s)",
+                (victim,),
+            )
+        result = _run_checks(simulator, database_url, instance, [row_count_matches_api])
+        check = result["row_count_matches_api"]
+        assert not check.passed
+        assert check.severity == AssetCheckSeverity.ERROR
+        assert check.metadata["days_checked"].value == len(DAYS)
+        assert check.metadata["days_mismatched"].value == 1
+        assert f"| {victim} | {api_total} | {api_total - 1} |" in _md(check, "mismatches")
+
+
+def test_no_new_rejects_fails_on_a_bad_fee_and_names_the_task(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    day = DAYS[0]
+    bad = simulator.simulator.store.day(day)[3]
+    bad.update(groupCallPayFee="n/a(USD)")  # the API starts sending a fee nobody can parse
+    with DagsterInstance.ephemeral() as instance:
+        good = _sync(simulator, database_url, instance, DAYS[1:])
+        _passed_all(good)
+
+        evaluations = _sync(simulator, database_url, instance, [day])
+        check = evaluations["no_new_rejects"]
+        assert not check.passed
+        assert check.severity == AssetCheckSeverity.ERROR
+        assert check.metadata["new_rejects"].value == 1
+        examples = _md(check, "examples")
+        assert f"| {bad.task_id} | groupCallPayFee | n/a(USD) |" in examples
+        # The task row is still stored (the fee NULL, the raw record kept): counts still match.
+        assert evaluations["row_count_matches_api"].passed
+
+        # Seen again, the same refused value is no longer new: the check is green again.
+        again = _sync(simulator, database_url, instance, [day])
+        assert again["no_new_rejects"].passed
+        assert again["no_new_rejects"].metadata["new_rejects"].value == 0
+
+
+TAMPERING = {
+    # The data an API glitch or a bad write could leave behind, one broken invariant each.
+    "success + fail <> callNum": "UPDATE group_call_tasks SET success = success + 1",
+    "answeredNum > callNum": "UPDATE group_call_tasks SET answered_num = call_num + 1",
+    "callNum > numCnt": "UPDATE group_call_tasks SET num_cnt = call_num - 1",
+    "taskSumPayFee <> groupCallPayFee + smsPayFee + agentFee": (
+        "UPDATE group_call_tasks SET task_sum_pay_fee_amount = task_sum_pay_fee_amount + 0.000001"
+    ),
+    # Negative, with the sum kept consistent so only this invariant breaks.
+    "negative amount": "UPDATE group_call_tasks SET sms_pay_fee_amount = -1, "
+    "group_call_pay_fee_amount = group_call_pay_fee_amount + sms_pay_fee_amount + 1",
+}
+
+
+@pytest.mark.parametrize("problem", list(TAMPERING))
+def test_invariants_check_fails_on_a_tampered_task_and_names_it(
+    simulator: SimulatorServer, database_url: str, problem: str
+) -> None:
+    with DagsterInstance.ephemeral() as instance:
+        _passed_all(_sync(simulator, database_url, instance, DAYS))
+        day = DAYS[2]
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT min(task_id) FROM group_call_tasks WHERE created_date = %s "
+                "AND call_num > 0",
+                (day,),
+            ).fetchone()
+            assert row is not None
+            task_id = int(row[0])
+            conn.execute(TAMPERING[problem] + " WHERE task_id = %s", (task_id,))
+
+        check = _run_checks(simulator, database_url, instance, [task_invariants_hold])[
+            "task_invariants_hold"
+        ]
+        assert not check.passed
+        assert check.severity == AssetCheckSeverity.ERROR
+        assert check.metadata["days_checked"].value == len(DAYS)
+        assert check.metadata["tasks_broken"].value == 1
+        assert f"| {task_id} | {day} | {problem} |" in _md(check, "broken")

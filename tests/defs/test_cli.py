@@ -1,0 +1,152 @@
+"""The acceptance commands as a user types them, each in its own process: definitions validate
+with nothing configured, `dagster asset materialize` for a day and for a week in one run, a run
+without credentials, and the one-command demo."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+from dagster import AssetKey, DagsterRunStatus
+
+from pipelines.laaffic.simulator import SimulatorServer
+from pipelines.warehouse.embedded import embedded_postgres_running
+from tests.defs.helpers import (
+    PROJECT_ROOT,
+    clean_env,
+    days_between,
+    make_dagster_home,
+    open_instance,
+    run_dagster,
+    sim_env,
+    simulated,
+    stored_days,
+    stored_tasks,
+)
+
+ASSET = AssetKey("group_call_tasks")
+MATERIALIZE = ["asset", "materialize", "-m", "pipelines.definitions", "--select", ASSET.path[0]]
+
+
+def _output(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def test_definitions_validate_with_nothing_configured(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
+    )
+    result = run_dagster(["definitions", "validate", "-w", "workspace.yaml"], env, timeout=120)
+    assert result.returncode == 0, _output(result)
+    assert "Validation successful" in result.stdout + result.stderr, _output(result)
+    # Loading the definitions connected to nothing: no embedded warehouse was even created.
+    assert not pgdata.exists()
+
+
+def test_cli_materializes_exactly_one_day(
+    simulator: SimulatorServer, database_url: str, tmp_path: Path
+) -> None:
+    home = make_dagster_home(tmp_path / "home")
+    day = date(2024, 6, 4)
+    result = run_dagster(
+        [*MATERIALIZE, "--partition", day.isoformat()], sim_env(simulator, database_url, home)
+    )
+    assert result.returncode == 0, _output(result)
+
+    assert stored_tasks(database_url) == simulated(simulator, [day])
+    assert list(stored_days(database_url)) == [day]
+    with open_instance(home) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert instance.get_materialized_partitions(ASSET) == {day.isoformat()}
+
+
+def test_cli_materializes_a_week_in_one_run(
+    simulator: SimulatorServer, database_url: str, tmp_path: Path
+) -> None:
+    home = make_dagster_home(tmp_path / "home")
+    week = days_between(date(2024, 6, 1), date(2024, 6, 7))
+    result = run_dagster(
+        [*MATERIALIZE, "--partition-range", f"{week[0]}...{week[-1]}"],
+        sim_env(simulator, database_url, home),
+    )
+    assert result.returncode == 0, _output(result)
+
+    assert stored_tasks(database_url) == simulated(simulator, week)
+    assert stored_days(database_url) == {d: len(simulator.simulator.store.day(d)) for d in week}
+    with open_instance(home) as instance:
+        (run,) = instance.get_runs()  # one run for the whole week
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert run.tags["dagster/asset_partition_range_start"] == week[0].isoformat()
+        assert run.tags["dagster/asset_partition_range_end"] == week[-1].isoformat()
+        records = instance.fetch_materializations(ASSET, limit=100).records
+        assert sorted(r.partition_key or "" for r in records) == [d.isoformat() for d in week]
+        assert {r.run_id for r in records} == {run.run_id}
+        totals = {
+            r.partition_key: r.asset_materialization.metadata["api_total"].value  # type: ignore[union-attr]
+            for r in records
+        }
+        assert totals == {d.isoformat(): len(simulator.simulator.store.day(d)) for d in week}
+
+
+def test_cli_run_without_credentials_fails_at_once_naming_them(
+    database_url: str, tmp_path: Path
+) -> None:
+    home = make_dagster_home(tmp_path / "home")
+    env = clean_env(DAGSTER_HOME=str(home), WAREHOUSE_URL=database_url)
+    result = run_dagster([*MATERIALIZE, "--partition", "2024-06-04"], env)
+    assert result.returncode != 0, _output(result)
+    output = result.stdout + result.stderr
+    assert "LAAFFIC_API_KEY" in output and "LAAFFIC_API_SECRET" in output, _output(result)
+    with open_instance(home) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == DagsterRunStatus.FAILURE
+        events = [
+            r.event_log_entry.dagster_event.event_type_value  # type: ignore[union-attr]
+            for r in instance.get_records_for_run(run.run_id).records
+            if r.event_log_entry.is_dagster_event
+        ]
+        assert "STEP_FAILURE" in events
+        assert "STEP_UP_FOR_RETRY" not in events  # failed at once, not after the retry policy
+
+
+SUMMARY_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2})\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$", re.MULTILINE)
+
+
+def test_demo_runs_with_nothing_configured_and_cleans_up(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", "demo"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, _output(result)
+    assert "local simulator" in result.stdout and "embedded PostgreSQL" in result.stdout
+    assert "success" in result.stdout, _output(result)
+
+    summary = result.stdout.split("answer rate", 1)[1]
+    rows = SUMMARY_LINE.findall(summary)
+    days = [date.fromisoformat(r[0]) for r in rows]
+    assert len(days) == 7, _output(result)
+    assert days == [days[0] + timedelta(days=n) for n in range(7)]  # the last 7 days, in order
+    for _, tasks, calls, rate, spend in rows:
+        assert int(tasks) > 0 and int(calls) > 0
+        assert rate.endswith("%")
+        assert re.fullmatch(r"\d+\.\d+ (EUR|USD)(, \d+\.\d+ (EUR|USD))*", spend), spend
+
+    # It stopped the embedded PostgreSQL it started for that data directory.
+    assert (pgdata / "PG_VERSION").exists()
+    assert not embedded_postgres_running(pgdata)
