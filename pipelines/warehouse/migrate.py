@@ -41,7 +41,11 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
         )
         conn.execute(
             "COMMENT ON TABLE schema_migrations IS "
-            "'Which sql/ migration files the pipeline has applied, and when.'"
+            "'Which sql/ migration files the pipeline has applied, and when.';"
+            "COMMENT ON COLUMN schema_migrations.name IS 'The migration file name, e.g. "
+            "001_group_call_tasks.sql.';"
+            "COMMENT ON COLUMN schema_migrations.checksum IS 'SHA-256 of the file as applied.';"
+            "COMMENT ON COLUMN schema_migrations.applied_at IS 'When it was applied.'"
         )
         done: dict[str, str] = dict(
             conn.execute("SELECT name, checksum FROM schema_migrations").fetchall()

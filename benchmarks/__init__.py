@@ -1,0 +1,1 @@
+"""End-to-end benchmarks: the pipeline through Dagster against a minimal baseline and dlt."""

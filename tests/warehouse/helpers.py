@@ -1,0 +1,64 @@
+"""Builders shared by the warehouse tests: realistic records, and one window written."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from pipelines.laaffic.client import FetchStats
+from pipelines.laaffic.models import TimeWindow
+from pipelines.laaffic.simulator import SimulatorConfig, TaskStore
+from pipelines.warehouse.normalise import normalise_records
+from pipelines.warehouse.writer import WriteResult, write_window
+
+TIME_ZONE = "Asia/Shanghai"
+
+
+def make_records(
+    day: date, count: int, *, seed: int = 1, first_id: int = 1_000_000, **config: Any
+) -> list[dict[str, Any]]:
+    """`count` realistic records created on `day` (account-local), as the simulator makes them."""
+    store = TaskStore(SimulatorConfig(seed=seed, **config))
+    rng = random.Random(f"{seed}:{day}")
+    midnight = datetime.combine(day, datetime.min.time())
+    records = []
+    for n in range(count):
+        created = midnight + timedelta(seconds=rng.randrange(86_400))
+        records.append(
+            store.make_record(rng, first_id + n, created.strftime("%Y-%m-%d %H:%M:%S"), n)
+        )
+    return records
+
+
+def day_window(day: date) -> TimeWindow:
+    start = datetime.combine(day, datetime.min.time())
+    return TimeWindow(start=start, end=start + timedelta(days=1, seconds=-1))
+
+
+def write(
+    conn: psycopg.Connection,
+    records: Sequence[dict[str, Any]],
+    day: date,
+    *,
+    time_zone: str = TIME_ZONE,
+    stats: FetchStats | None = None,
+    run_id: str | None = None,
+) -> WriteResult:
+    """Normalise `records` and write them as the window of `day`, as a sync would."""
+    if stats is None:
+        stats = FetchStats(api_total=len(records), pages=max(1, -(-len(records) // 100)))
+        stats.requests = stats.pages
+    return write_window(
+        conn,
+        window_date=day,
+        window=day_window(day),
+        time_zone=time_zone,
+        normalised=normalise_records(records),
+        stats=stats,
+        started_at=datetime.now(UTC),
+        run_id=run_id,
+    )

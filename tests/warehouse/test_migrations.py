@@ -1,0 +1,344 @@
+"""Issue 3: on an empty database the migrations create exactly the table contract; a second run
+applies nothing and changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+import pytest
+
+from pipelines.laaffic.models import FINAL_STATUSES, STATUS_LABELS
+from pipelines.warehouse.migrate import apply_migrations, migration_files
+
+TASKS = "group_call_tasks"
+REJECTS = "group_call_task_rejects"
+SYNC_LOG = "group_call_sync_log"
+STATUSES = "group_call_task_statuses"
+DAILY = "group_call_daily_summary"
+SYNC_STATUS = "group_call_sync_status"
+READER = "laaffic_reader"
+
+#: The contract with BI, column by column, in order (issue 3's table).
+TASKS_CONTRACT: list[tuple[str, str]] = [
+    ("task_id", "bigint"),
+    ("task_name", "text"),
+    ("status", "smallint"),
+    ("rate", "numeric"),
+    ("num_cnt", "integer"),
+    ("call_num", "integer"),
+    ("success", "integer"),
+    ("fail", "integer"),
+    ("answered_num", "integer"),
+    ("send_sms_num", "integer"),
+    ("created_time", "timestamp with time zone"),
+    ("created_date", "date"),
+    ("script_id", "integer"),
+    ("task_type", "smallint"),
+    ("asr", "numeric"),
+    ("agent_total_feetime", "integer"),
+    ("charge_len", "integer"),
+    ("agent_fee_amount", "numeric(20,6)"),
+    ("acd_seconds", "numeric"),
+    ("group_call_pay_fee_amount", "numeric(20,6)"),
+    ("group_call_pay_fee_currency", "character(3)"),
+    ("sms_pay_fee_amount", "numeric(20,6)"),
+    ("sms_pay_fee_currency", "character(3)"),
+    ("task_sum_pay_fee_amount", "numeric(20,6)"),
+    ("task_sum_pay_fee_currency", "character(3)"),
+    ("raw", "jsonb"),
+    ("first_seen_at", "timestamp with time zone"),
+    ("last_changed_at", "timestamp with time zone"),
+]
+
+#: What the issue names for the rejects table and the sync log (more columns are allowed).
+REJECTS_REQUIRED = {
+    "task_id": "bigint",
+    "field": "text",
+    "raw_value": "text",
+    "error": "text",
+    "first_seen_at": "timestamp with time zone",
+    "last_seen_at": "timestamp with time zone",
+}
+SYNC_LOG_REQUIRED = {
+    "window_date": "date",
+    "window_start": "timestamp without time zone",
+    "window_end": "timestamp without time zone",
+    "api_total": "integer",
+    "pages": "integer",
+    "requests": "integer",
+    "inserted": "integer",
+    "updated": "integer",
+    "unchanged": "integer",
+    "rejected": "integer",
+    "started_at": "timestamp with time zone",
+    "finished_at": "timestamp with time zone",
+}
+DAILY_COLUMNS = [
+    ("created_date", "date"),
+    ("currency", "character(3)"),
+    ("tasks", "bigint"),
+    ("open_tasks", "bigint"),
+    ("numbers", "bigint"),
+    ("calls", "bigint"),
+    ("answered", "bigint"),
+    ("answer_rate_pct", "numeric"),
+    ("billed_call_seconds", "bigint"),
+    ("billed_agent_seconds", "bigint"),
+    ("group_call_spend", "numeric"),
+    ("sms_spend", "numeric"),
+    ("agent_spend", "numeric"),
+    ("total_spend", "numeric"),
+]
+BI_OBJECTS = (TASKS, REJECTS, SYNC_LOG, STATUSES, DAILY, SYNC_STATUS)
+
+
+def _relations(conn: psycopg.Connection) -> dict[str, str]:
+    """name -> relkind ('r' table, 'v' view, ...) of the current schema's relations, indexes and
+    sequences aside."""
+    rows = conn.execute(
+        """
+        SELECT c.relname, c.relkind::text FROM pg_class AS c
+        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind NOT IN ('i', 'S')
+        """
+    ).fetchall()
+    return dict(rows)
+
+
+def _columns(conn: psycopg.Connection, relation: str) -> list[tuple[str, str]]:
+    return [
+        (name, kind)
+        for name, kind in conn.execute(
+            """
+            SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+            WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum
+            """,
+            (relation,),
+        ).fetchall()
+    ]
+
+
+def _snapshot(conn: psycopg.Connection) -> dict[str, Any]:
+    """Everything a migration could change: columns (types, nullability, defaults, comments),
+    relation comments, constraints, indexes, view definitions, grants, seeded rows and the
+    migration history."""
+    q = conn.execute
+    return {
+        "relations": q(
+            """
+            SELECT c.relname, c.relkind::text, obj_description(c.oid, 'pg_class'),
+                   c.relacl::text
+            FROM pg_class AS c WHERE c.relnamespace = current_schema()::regnamespace
+            ORDER BY c.relname
+            """
+        ).fetchall(),
+        "columns": q(
+            """
+            SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+                   a.attnotnull, a.attidentity::text, a.attgenerated::text,
+                   pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum)
+            FROM pg_attribute AS a
+            JOIN pg_class AS c ON c.oid = a.attrelid
+            LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+            WHERE c.relnamespace = current_schema()::regnamespace
+              AND a.attnum > 0 AND NOT a.attisdropped
+            ORDER BY c.relname, a.attnum
+            """
+        ).fetchall(),
+        "constraints": q(
+            """
+            SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+            FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+            ORDER BY 1, 2
+            """
+        ).fetchall(),
+        "indexes": q(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema() ORDER BY 1, 2"
+        ).fetchall(),
+        "views": q(
+            "SELECT viewname, definition FROM pg_views "
+            "WHERE schemaname = current_schema() ORDER BY 1"
+        ).fetchall(),
+        "schema_acl": q(
+            "SELECT nspacl::text FROM pg_namespace WHERE oid = current_schema()::regnamespace"
+        ).fetchall(),
+        "statuses": q(f"SELECT xmin::text, * FROM {STATUSES} ORDER BY status").fetchall(),
+        "migrations": q(
+            "SELECT xmin::text, name, checksum, applied_at FROM schema_migrations ORDER BY name"
+        ).fetchall(),
+    }
+
+
+def test_empty_database_gets_exactly_the_contract(conn: psycopg.Connection) -> None:
+    assert _relations(conn) == {}
+    applied = apply_migrations(conn)
+    assert applied == [path.name for path in migration_files()]
+    assert applied[0].startswith("001_")
+
+    assert _relations(conn) == {
+        TASKS: "r",
+        REJECTS: "r",
+        SYNC_LOG: "r",
+        STATUSES: "r",
+        "schema_migrations": "r",
+        DAILY: "v",
+        SYNC_STATUS: "v",
+    }
+    assert _columns(conn, TASKS) == TASKS_CONTRACT
+    rejects = dict(_columns(conn, REJECTS))
+    assert {name: rejects.get(name) for name in REJECTS_REQUIRED} == REJECTS_REQUIRED
+    sync_log = dict(_columns(conn, SYNC_LOG))
+    assert {name: sync_log.get(name) for name in SYNC_LOG_REQUIRED} == SYNC_LOG_REQUIRED
+    assert _columns(conn, DAILY) == DAILY_COLUMNS
+    assert {"window_date", "last_synced_at"} <= set(dict(_columns(conn, SYNC_STATUS)))
+
+
+def test_types_as_information_schema_reports_them(migrated: psycopg.Connection) -> None:
+    rows = migrated.execute(
+        """
+        SELECT column_name, data_type, numeric_precision, numeric_scale,
+               character_maximum_length, is_nullable
+        FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = %s
+        """,
+        (TASKS,),
+    ).fetchall()
+    info = {row[0]: row[1:] for row in rows}
+    for money in ("agent_fee_amount", "group_call_pay_fee_amount", "sms_pay_fee_amount"):
+        assert info[money][:3] == ("numeric", 20, 6)
+    assert info["task_sum_pay_fee_amount"][:3] == ("numeric", 20, 6)
+    for currency in ("group_call_pay_fee", "sms_pay_fee", "task_sum_pay_fee"):
+        assert info[f"{currency}_currency"][0] == "character"
+        assert info[f"{currency}_currency"][3] == 3
+    # Unconstrained numerics: percentages and seconds keep every digit the API sends.
+    for column in ("rate", "asr", "acd_seconds"):
+        assert info[column][:3] == ("numeric", None, None)
+    assert info["created_time"][0] == "timestamp with time zone"
+    assert info["raw"][0] == "jsonb"
+    assert info["task_id"][4] == "NO"
+    assert info["script_id"][4] == "YES"  # nullable, as the contract says
+
+
+def test_primary_key_is_task_id(migrated: psycopg.Connection) -> None:
+    keys = migrated.execute(
+        """
+        SELECT array_agg(a.attname ORDER BY k.ord)
+        FROM pg_constraint AS c
+        CROSS JOIN unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+        WHERE c.conrelid = %s::regclass AND c.contype = 'p'
+        GROUP BY c.oid
+        """,
+        (TASKS,),
+    ).fetchall()
+    assert keys == [(["task_id"],)]
+
+
+def test_status_lookup_holds_the_documented_labels(migrated: psycopg.Connection) -> None:
+    rows = migrated.execute(f"SELECT status, label, is_final FROM {STATUSES} ORDER BY status")
+    assert rows.fetchall() == [
+        (code, label, code in FINAL_STATUSES) for code, label in sorted(STATUS_LABELS.items())
+    ]
+
+
+def test_reader_role_can_read_everything_and_write_nothing(migrated: psycopg.Connection) -> None:
+    role = migrated.execute(
+        "SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = %s", (READER,)
+    ).fetchone()
+    assert role == (False, False)
+    assert migrated.execute(
+        "SELECT has_schema_privilege(%s, current_schema(), 'USAGE')", (READER,)
+    ).fetchone() == (True,)
+    for relation in BI_OBJECTS:
+        can = migrated.execute(
+            """
+            SELECT has_table_privilege(%(role)s, %(rel)s, 'SELECT'),
+                   has_table_privilege(%(role)s, %(rel)s, 'INSERT, UPDATE, DELETE, TRUNCATE')
+            """,
+            {"role": READER, "rel": relation},
+        ).fetchone()
+        assert can == (True, False), relation
+
+
+def test_reader_role_reads_as_a_login_role_would(
+    migrated: psycopg.Connection, database_url: str
+) -> None:
+    """SET ROLE to the reader: SELECT works on the BI views, writing is refused."""
+    with psycopg.connect(database_url, autocommit=True) as bi:
+        bi.execute(f"SET ROLE {READER}")
+        assert bi.execute(f"SELECT count(*) FROM {DAILY}").fetchone() == (0,)
+        assert bi.execute(f"SELECT count(*) FROM {STATUSES}").fetchone() == (7,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            bi.execute(f"DELETE FROM {TASKS}")
+
+
+def test_every_table_view_and_column_has_a_comment(migrated: psycopg.Connection) -> None:
+    missing = migrated.execute(
+        """
+        SELECT c.relname, NULL FROM pg_class AS c
+        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+          AND coalesce(obj_description(c.oid, 'pg_class'), '') = ''
+        UNION ALL
+        SELECT c.relname, a.attname FROM pg_class AS c
+        JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+          AND coalesce(col_description(c.oid, a.attnum), '') = ''
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    assert missing == []
+    # The comments really live in pg_description (what BI tools read).
+    described = migrated.execute(
+        """
+        SELECT count(*) FROM pg_description
+        WHERE objoid = %s::regclass AND classoid = 'pg_class'::regclass AND objsubid > 0
+        """,
+        (TASKS,),
+    ).fetchone()
+    assert described == (len(TASKS_CONTRACT),)
+
+
+def test_migration_history_records_each_file_with_its_checksum(
+    migrated: psycopg.Connection,
+) -> None:
+    rows = migrated.execute("SELECT name, checksum FROM schema_migrations ORDER BY name")
+    assert rows.fetchall() == [
+        (path.name, hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest())
+        for path in migration_files()
+    ]
+
+
+def test_running_again_applies_nothing_and_changes_nothing(conn: psycopg.Connection) -> None:
+    apply_migrations(conn)
+    before = _snapshot(conn)
+    assert apply_migrations(conn) == []
+    assert apply_migrations(conn) == []
+    assert _snapshot(conn) == before
+
+
+def test_every_file_is_idempotent_on_its_own(conn: psycopg.Connection) -> None:
+    """A half-recorded history (or a second runner) re-running a file is harmless."""
+    apply_migrations(conn)
+    before = _snapshot(conn)
+    for path in migration_files():
+        conn.execute(path.read_text(encoding="utf-8").encode())
+    after = _snapshot(conn)
+    # Re-seeding the status lookup may write new row versions; the rows themselves are the same.
+    strip = [row[1:] for row in before.pop("statuses")], [row[1:] for row in after.pop("statuses")]
+    assert strip[0] == strip[1]
+    assert after == before
+
+
+def test_a_forgotten_history_row_is_reapplied_harmlessly(conn: psycopg.Connection) -> None:
+    apply_migrations(conn)
+    before = _snapshot(conn)
+    last = migration_files()[-1].name
+    conn.execute("DELETE FROM schema_migrations WHERE name = %s", (last,))
+    assert apply_migrations(conn) == [last]
+    after = _snapshot(conn)
+    for snap in (before, after):
+        snap["statuses"] = [row[1:] for row in snap["statuses"]]
+        snap["migrations"] = [row[1:3] for row in snap["migrations"]]
+    assert after == before
