@@ -1,15 +1,17 @@
 """API records → typed, exact column values for `group_call_tasks`, per window, with pandas.
 
-Each field has one kind. A kind has a vectorised fast path (pandas string methods over a whole
-column) and an exact one-value reference (`parse_value`) that also words the error; values the
-fast path cannot accept go through the reference, so the two always agree (a property test checks
-it). Values leave as decimal *text* (e.g. "0.034827") and Postgres parses them into numeric:
-money never passes through binary floating point. A value that cannot be parsed becomes NULL in
-its column and a `Reject`; the row is still written with its raw payload.
+Each field has one kind. A kind has a vectorised fast path (pandas string methods on
+Arrow-backed columns, which run in Arrow's C++ kernels) and an exact one-value reference
+(`parse_value`) that also words the error; values the fast path does not accept go through the
+reference, so the two always agree (a property test checks it). Amounts stay decimal *text*
+(e.g. "0.034827") until Postgres parses them into numeric: money never passes through binary
+floating point. A value that cannot be parsed becomes NULL in its column and a `Reject`; the row
+is still written with its raw payload.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -20,6 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pa_csv
+from pydantic_core import PydanticSerializationError, to_json
+
+from pipelines.laaffic.models import OPEN_STATUSES
 
 INT32 = (-(2**31), 2**31 - 1)
 INT16 = (-(2**15), 2**15 - 1)
@@ -196,12 +204,31 @@ class Reject:
 
 @dataclass
 class NormalisedWindow:
-    rows: pd.DataFrame  # STAGE_COLUMNS, values as text or None
+    """One window, normalised. `frame` holds the typed values (Arrow-backed pandas columns,
+    STAGE_COLUMNS) that the writer streams to Postgres as CSV; `rows` is a plain view of it."""
+
+    frame: pd.DataFrame
     rejects: list[Reject]
 
     @property
+    def rows(self) -> pd.DataFrame:
+        """Every value as its text (what Postgres is given) or None."""
+        text = pd.DataFrame(
+            {name: column.astype(_TEXT) for name, column in self.frame.items()},
+            columns=list(STAGE_COLUMNS),
+        ).astype(object)
+        return text.where(text.notna(), None)
+
+    @property
     def open_tasks(self) -> int:
-        return int(self.rows["status"].isin(["0", "1", "5", "6"]).sum())
+        return int(self.frame["status"].isin(sorted(OPEN_STATUSES)).sum())
+
+    def to_csv(self) -> bytes:
+        """The rows as PostgreSQL `COPY … (FORMAT csv)` input: strings quoted, NULL empty."""
+        table = pa.Table.from_pandas(self.frame, preserve_index=False)
+        sink = io.BytesIO()
+        pa_csv.write_csv(table, sink, write_options=pa_csv.WriteOptions(include_header=False))
+        return sink.getvalue()
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -244,44 +271,103 @@ def _raw_text(value: Any) -> str | None:
     return _json_text(value)
 
 
-def _fast_column(kind: Kind, column: pd.Series) -> tuple[list[pd.Series], pd.Series] | None:
-    """Vectorised parse of a whole column. Returns (outputs, accepted mask); values outside the
-    mask go through `parse_value`. None when the column has no fast path."""
-    inferred = pd.api.types.infer_dtype(column, skipna=True)
-    if kind.int_range is not None and inferred == "integer":
-        try:  # exact: Python ints straight to Int64 (no float64 detour for columns with nulls)
-            numbers = pd.Series(pd.array(column.to_numpy(), dtype="Int64"), index=column.index)
-        except (OverflowError, TypeError, ValueError):
-            return None  # beyond int64: the reference path words the error
-        low, high = kind.int_range
-        ok = numbers.notna() & numbers.between(low, high)
-        if kind.allowed is not None:
-            ok &= numbers.isin(list(kind.allowed))
-        ok = ok.fillna(False).astype(bool)
-        text = numbers.astype(object).where(ok, None)
-        return [text.map(str, na_action="ignore")], ok
-    if inferred != "string" or kind.name == "text":
+def _raw_records(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Each record's JSON text for the `raw` jsonb column. pydantic-core's serializer is ~4x
+    faster than json.dumps; the rare record jsonb cannot hold as is takes `_json_text`."""
+    out: list[str] = []
+    for record in records:
+        try:
+            text = to_json(record, inf_nan_mode="strings")
+        except PydanticSerializationError:  # a lone surrogate
+            out.append(_json_text(record, separators=(",", ":")))
+            continue
+        out.append(
+            _json_text(record, separators=(",", ":")) if b"\\u0000" in text else text.decode()
+        )
+    return out
+
+
+#: Every character for which Python's str.isspace() is true (what `parse_value` strips).
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+#: RE2: a character that is not Python white space (so the text is not blank).
+_NOT_PY_SPACE = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
+
+_TEXT = pd.ArrowDtype(pa.string())
+_INT = pd.ArrowDtype(pa.int64())
+
+#: Strict shapes the vectorised path accepts: no surrounding or inner white space, ASCII
+#: digits. Whatever else (white space, numbers sent as JSON numbers, garbage) goes through
+#: `parse_value`, which decides and words the error; so both paths always agree.
+_STRICT = {
+    "percent": r"[+-]?[0-9]{1,12}(?:\.[0-9]{1,12})?%?",
+    "seconds": r"[0-9]{1,12}(?:\.[0-9]{1,6})?s?",
+    "amount": r"[+-]?[0-9]{1,14}(?:\.[0-9]{1,6})?",
+    "fee": r"[+-]?[0-9]{1,14}(?:\.[0-9]{1,6})?\([A-Z]{3}\)",
+    "local_datetime": r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}",
+}
+
+
+def _typed(values: list[Any]) -> pd.Series | None:
+    """The values as one Arrow-typed column, or None when they mix JSON types."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError):
         return None
-    stripped = column.str.strip()
-    parts = stripped.str.extract(f"^(?:{kind.pattern.pattern})$", flags=kind.pattern.flags)
-    ok = parts[0].notna()
-    if kind.int_range is not None or kind.name == "local_datetime":
-        return None if not ok.all() else _fast_checked(kind, parts, ok)
-    return [parts[i].where(ok, None).astype(object) for i in range(kind.outputs)], ok
+    return pd.Series(array, dtype=pd.ArrowDtype(array.type))
 
 
-def _fast_checked(
-    kind: Kind, parts: pd.DataFrame, ok: pd.Series
-) -> tuple[list[pd.Series], pd.Series] | None:
-    if kind.name != "local_datetime":
-        return None  # integer text needs a range check: reference path
-    text = parts[0]
-    stamps = pd.to_datetime(text, format=_LOCAL_FORMAT, errors="coerce")
-    # pandas also takes year 0000 (PostgreSQL has none) and seconds 60 and 61 (rolled over to
-    # the next minute); the reference path (datetime.strptime) refuses both, so must this one.
-    valid = stamps.notna() & (text.str.slice(0, 4) != "0000") & (text.str.slice(17, 19) < "60")
-    local = parts[0].where(valid, None).astype(object)
-    return [local, local.str.slice(0, 10).where(valid, None).astype(object)], valid
+def _vectorised(kind: Kind, values: list[Any]) -> tuple[list[pd.Series], pd.Series] | None:
+    """Parse a whole column at once. Returns (output columns, accepted mask); values outside
+    the mask go through `parse_value`. None: no fast path, every value takes the reference."""
+    column = _typed(values)
+    if column is None:
+        return None
+    arrow_type = column.dtype.pyarrow_dtype  # type: ignore[union-attr]
+    nulls = column.isna()
+    if pa.types.is_null(arrow_type):  # all null: NULL, or "missing" errors if required
+        return [pd.Series([None] * len(values), dtype=_TEXT) for _ in range(kind.outputs)], ~nulls
+    if kind.int_range is not None:
+        if not pa.types.is_int64(arrow_type):  # e.g. uint64 (beyond int64), double, bool
+            return None
+        low, high = kind.int_range
+        ok = column.between(low, high)
+        if kind.allowed is not None:
+            ok &= column.isin(list(kind.allowed))
+        ok = ok.fillna(False).astype(bool)
+        return [column.where(ok).astype(_INT)], ok
+    if not pa.types.is_string(arrow_type):
+        return None
+    if kind.name == "text":  # blank (NULL) or with a NUL (refused): the reference decides
+        ok = ~column.str.contains("\x00", regex=False) & column.str.contains(_NOT_PY_SPACE)
+        ok = ok.fillna(False).astype(bool)
+        return [column.where(ok)], ok
+    ok = column.str.fullmatch(_STRICT[kind.name]).fillna(False).astype(bool)
+    if kind.name == "local_datetime":
+        parsed = pc.strptime(pa.array(column), format=_LOCAL_FORMAT, unit="s", error_is_null=True)
+        roundtrip = pd.Series(pc.strftime(parsed, format=_LOCAL_FORMAT), dtype=_TEXT)
+        ok &= (roundtrip == column).fillna(False).astype(bool) & (column.str.slice(0, 4) != "0000")
+        local = column.where(ok)
+        return [local, local.str.slice(0, 10)], ok
+    if kind.name == "fee":
+        return [column.str.slice(0, -5).where(ok), column.str.slice(-4, -1).where(ok)], ok
+    if kind.name == "percent":
+        return [column.str.rstrip("%").where(ok)], ok
+    if kind.name == "seconds":
+        return [column.str.rstrip("s").where(ok)], ok
+    return [column.where(ok)], ok
+
+
+def _patch(column: pd.Series, values: dict[int, str | None], dtype: pd.ArrowDtype) -> pd.Series:
+    """`column` with the reference path's results written in at their positions."""
+    if not values:
+        return column
+    merged = column.astype(object).where(column.notna(), None).tolist()
+    for position, text in values.items():
+        merged[position] = None if text is None else (int(text) if dtype == _INT else text)
+    return pd.Series(merged, dtype=dtype)
 
 
 def normalise_records(
@@ -289,63 +375,62 @@ def normalise_records(
     *,
     log: Callable[[str], Any] | None = None,
 ) -> NormalisedWindow:
-    """Records of one window → staged rows and rejects. Nothing is dropped: a record without a
+    """Records of one window → typed rows and rejects. Nothing is dropped: a record without a
     usable taskId is returned as a reject carrying the whole record."""
-    # dtype=object per column: no inference, so integers never pass through float64.
-    frame = pd.DataFrame(
-        {f.api_name: pd.Series([r.get(f.api_name) for r in records], dtype=object) for f in FIELDS}
-    )
+    count = len(records)
     out: dict[str, pd.Series] = {}
     problems: list[tuple[int, str, str]] = []  # (position, api field, error)
     for field in FIELDS:
-        column = frame[field.api_name]
-        fast = _fast_column(KINDS[field.kind], column) if len(column) else None
-        if fast is not None:
-            outputs = [s.reset_index(drop=True) for s in fast[0]]
-            pending = np.flatnonzero(~fast[1].to_numpy(dtype=bool)).tolist()
+        kind = KINDS[field.kind]
+        dtypes = [_INT if kind.int_range is not None else _TEXT] * kind.outputs
+        values = [record.get(field.api_name) for record in records]
+        fast = _vectorised(kind, values) if count else None
+        if fast is None:
+            outputs = [pd.Series([None] * count, dtype=dtype) for dtype in dtypes]
+            pending: list[int] = list(range(count))
         else:
-            outputs = [pd.Series([None] * len(column), dtype=object) for _ in field.columns]
-            pending = list(range(len(column)))
-        values = column.tolist()
-        # Fill plain lists, not Series: a pandas .iat write per value costs ~10 us, about a
-        # second for a 100,000-task window's text column (which has no fast path).
-        targets = [series.tolist() for series in outputs]
+            outputs = [s.astype(dtype) for s, dtype in zip(fast[0], dtypes, strict=True)]
+            pending = np.flatnonzero(~fast[1].to_numpy(dtype=bool)).tolist()
+        patches: list[dict[int, str | None]] = [{} for _ in dtypes]
         for position in pending:
+            value = values[position]
+            if value is None and not field.required:
+                continue  # already NULL
             try:
-                parsed = parse_value(field.kind, values[position], required=field.required)
+                parsed = parse_value(field.kind, value, required=field.required)
             except ParseError as exc:
                 message = str(exc)
                 if field.required and field.api_name not in records[position]:
                     message = "the field is missing from the record"
                 problems.append((position, field.api_name, message))
-                continue
-            for target, text in zip(targets, parsed, strict=True):
-                target[position] = text
-        filled = [pd.Series(target, dtype=object) for target in targets]
-        out.update(zip(field.columns, filled, strict=True))
-    rows = pd.DataFrame(out, columns=list(STAGE_COLUMNS[:-1])).astype(object)
-    rows = rows.where(rows.notna(), None)  # one null: None (never NaN/NA) for the COPY
-    rows["raw"] = [_json_text(r, separators=(",", ":")) for r in records]
-    task_ids: list[str | None] = rows["task_id"].tolist()
+                parsed = (None,) * kind.outputs
+            for patch, text in zip(patches, parsed, strict=True):
+                patch[position] = text
+        for name, series, patch, dtype in zip(field.columns, outputs, patches, dtypes, strict=True):
+            out[name] = _patch(series.reset_index(drop=True), patch, dtype)
+    frame = pd.DataFrame(out, columns=list(STAGE_COLUMNS[:-1]))
+    frame["raw"] = pd.Series(_raw_records(records), dtype=_TEXT)
+    task_ids: list[int | None] = [None if pd.isna(v) else int(v) for v in frame["task_id"].tolist()]
     rejects: list[Reject] = []
     for position, field_name, message in sorted(problems):
-        task_text = task_ids[position]
+        task_id = task_ids[position]
         if field_name == "taskId":
             reject = Reject(
                 None,
                 field_name,
-                str(rows["raw"].iat[position]),
+                _json_text(records[position], separators=(",", ":")),
                 f"taskId: {message}; the whole record is kept here",
             )
-        elif task_text is None:
+        elif task_id is None:
             continue  # the record is reported once, whole, under taskId
         else:
-            raw_value = _raw_text(records[position].get(field_name))
-            reject = Reject(int(task_text), field_name, raw_value, message)
+            reject = Reject(
+                task_id, field_name, _raw_text(records[position].get(field_name)), message
+            )
         rejects.append(reject)
         if log is not None:
             shown = reject.raw_value if reject.raw_value is None else reject.raw_value[:120]
             log(f"rejected {field_name}={shown!r} of task {reject.task_id}: {reject.error}")
-    keyed = rows["task_id"].notna()
-    rows = rows[keyed].drop_duplicates("task_id", keep="last").reset_index(drop=True)
-    return NormalisedWindow(rows=rows, rejects=rejects)
+    keyed = frame["task_id"].notna().to_numpy(dtype=bool)
+    frame = frame[keyed].drop_duplicates("task_id", keep="last").reset_index(drop=True)
+    return NormalisedWindow(frame=frame, rejects=rejects)
