@@ -17,8 +17,8 @@ import psycopg
 
 from pipelines.laaffic.client import FetchStats, LaafficClient, Logger, WindowResult
 from pipelines.laaffic.models import TimeWindow
-from pipelines.warehouse.normalise import normalise_records
-from pipelines.warehouse.writer import WriteResult, write_window
+from pipelines.warehouse.normalise import fingerprints, normalise_records, raw_payloads
+from pipelines.warehouse.writer import WriteResult, unchanged_records, write_window
 
 
 def day_window(day: date) -> TimeWindow:
@@ -83,7 +83,15 @@ def _write_day(
     run_id: str | None,
     log: Logger | None,
 ) -> DaySync:
-    normalised = normalise_records(fetched.records, log=log.warning if log else None)
+    # A re-sync mostly re-reads what is stored: skip parsing and writing identical records.
+    payloads = raw_payloads(fetched.records)
+    same = unchanged_records(conn, day, time_zone, fetched.records, fingerprints(payloads))
+    changed = [i for i, keep in enumerate(same) if not keep]
+    normalised = normalise_records(
+        [fetched.records[i] for i in changed],
+        log=log.warning if log else None,
+        payloads=[payloads[i] for i in changed],
+    )
     written = write_window(
         conn,
         window_date=day,
@@ -93,6 +101,7 @@ def _write_day(
         stats=fetched.stats,
         started_at=started,
         run_id=run_id,
+        skipped_unchanged=len(fetched.records) - len(changed),
     )
     result = DaySync(day, fetched.window, fetched.stats, written, time.perf_counter() - clock)
     if log is not None:

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS group_call_sync_log (
     window_start  timestamp   NOT NULL,
     window_end    timestamp   NOT NULL,
     time_zone     text        NOT NULL,
+    normaliser_version integer NOT NULL,
     api_total     integer     NOT NULL,
     pages         integer     NOT NULL,
     requests      integer     NOT NULL,
@@ -68,6 +69,8 @@ COMMENT ON COLUMN group_call_sync_log.window_date IS 'The daily partition (accou
 COMMENT ON COLUMN group_call_sync_log.window_start IS 'Window start, account-local time (inclusive).';
 COMMENT ON COLUMN group_call_sync_log.window_end IS 'Window end, account-local time (inclusive).';
 COMMENT ON COLUMN group_call_sync_log.time_zone IS 'The account time zone the window was read in.';
+COMMENT ON COLUMN group_call_sync_log.normaliser_version IS
+    'Version of the pipeline''s parsing rules; a newer one rewrites the day''s rows on its next sync.';
 COMMENT ON COLUMN group_call_sync_log.api_total IS 'Tasks the API reported for the window.';
 COMMENT ON COLUMN group_call_sync_log.pages IS 'Pages read.';
 COMMENT ON COLUMN group_call_sync_log.requests IS 'HTTP requests made, retries included.';
@@ -75,7 +78,8 @@ COMMENT ON COLUMN group_call_sync_log.retries IS 'Requests repeated after a tran
 COMMENT ON COLUMN group_call_sync_log.received IS 'Distinct records received.';
 COMMENT ON COLUMN group_call_sync_log.inserted IS 'Tasks new to the table.';
 COMMENT ON COLUMN group_call_sync_log.updated IS 'Tasks whose data changed.';
-COMMENT ON COLUMN group_call_sync_log.unchanged IS 'Tasks re-read unchanged (their rows were not touched).';
+COMMENT ON COLUMN group_call_sync_log.unchanged IS
+    'Tasks re-read unchanged (their rows were not touched; records identical to the stored raw are not even re-parsed).';
 COMMENT ON COLUMN group_call_sync_log.rejected IS 'Values refused in this sync (see group_call_task_rejects).';
 COMMENT ON COLUMN group_call_sync_log.new_rejects IS 'Of those, values not seen by an earlier sync.';
 COMMENT ON COLUMN group_call_sync_log.open_tasks IS 'Tasks still in progress (status 0, 1, 5, 6) after this sync.';

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from hashlib import blake2b
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,10 @@ from pyarrow import csv as pa_csv
 from pydantic_core import PydanticSerializationError, to_json
 
 from pipelines.laaffic.models import OPEN_STATUSES
+
+#: Bump when the parsing rules change: each day's rows are then rewritten on its next sync
+#: (records identical to the stored raw are otherwise not re-parsed).
+NORMALISER_VERSION = 1
 
 INT32 = (-(2**31), 2**31 - 1)
 INT16 = (-(2**15), 2**15 - 1)
@@ -122,6 +127,8 @@ FIELDS_BY_NAME = {f.api_name: f for f in FIELDS}
 
 #: Columns handed to the writer, in order (`created_local` becomes `created_time` in SQL).
 STAGE_COLUMNS: tuple[str, ...] = (*(c for f in FIELDS for c in f.columns), "raw")
+#: Also in `NormalisedWindow.frame`, after STAGE_COLUMNS: the record's hash (see `fingerprints`).
+FINGERPRINT = "fingerprint"
 
 
 def _describe(value: Any) -> str:
@@ -214,7 +221,7 @@ class NormalisedWindow:
     def rows(self) -> pd.DataFrame:
         """Every value as its text (what Postgres is given) or None."""
         text = pd.DataFrame(
-            {name: column.astype(_TEXT) for name, column in self.frame.items()},
+            {name: self.frame[name].astype(_TEXT) for name in STAGE_COLUMNS},
             columns=list(STAGE_COLUMNS),
         ).astype(object)
         return text.where(text.notna(), None)
@@ -271,7 +278,7 @@ def _raw_text(value: Any) -> str | None:
     return _json_text(value)
 
 
-def _raw_records(records: Sequence[dict[str, Any]]) -> list[str]:
+def raw_payloads(records: Sequence[dict[str, Any]]) -> list[str]:
     """Each record's JSON text for the `raw` jsonb column. pydantic-core's serializer is ~4x
     faster than json.dumps; the rare record jsonb cannot hold as is takes `_json_text`."""
     out: list[str] = []
@@ -285,6 +292,11 @@ def _raw_records(records: Sequence[dict[str, Any]]) -> list[str]:
             _json_text(record, separators=(",", ":")) if b"\\u0000" in text else text.decode()
         )
     return out
+
+
+def fingerprints(payloads: Sequence[str]) -> list[bytes]:
+    """BLAKE2b-128 of each payload: what `group_call_task_fingerprints` keeps."""
+    return [blake2b(p.encode(), digest_size=16).digest() for p in payloads]
 
 
 #: Every character for which Python's str.isspace() is true (what `parse_value` strips).
@@ -374,9 +386,11 @@ def normalise_records(
     records: Sequence[dict[str, Any]],
     *,
     log: Callable[[str], Any] | None = None,
+    payloads: Sequence[str] | None = None,
 ) -> NormalisedWindow:
     """Records of one window → typed rows and rejects. Nothing is dropped: a record without a
-    usable taskId is returned as a reject carrying the whole record."""
+    usable taskId is returned as a reject carrying the whole record. `payloads`: the records'
+    `raw_payloads`, when the caller has them already."""
     count = len(records)
     out: dict[str, pd.Series] = {}
     problems: list[tuple[int, str, str]] = []  # (position, api field, error)
@@ -409,7 +423,10 @@ def normalise_records(
         for name, series, patch, dtype in zip(field.columns, outputs, patches, dtypes, strict=True):
             out[name] = _patch(series.reset_index(drop=True), patch, dtype)
     frame = pd.DataFrame(out, columns=list(STAGE_COLUMNS[:-1]))
-    frame["raw"] = pd.Series(_raw_records(records), dtype=_TEXT)
+    texts = list(payloads) if payloads is not None else raw_payloads(records)
+    frame["raw"] = pd.Series(texts, dtype=_TEXT)
+    hashes = ["\\x" + digest.hex() for digest in fingerprints(texts)]  # bytea hex input
+    frame[FINGERPRINT] = pd.Series(hashes, dtype=_TEXT)
     task_ids: list[int | None] = [None if pd.isna(v) else int(v) for v in frame["task_id"].tolist()]
     rejects: list[Reject] = []
     for position, field_name, message in sorted(problems):

@@ -7,6 +7,7 @@ A failure anywhere rolls the whole window back, so a window is either fully writ
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from typing import Any
@@ -17,10 +18,16 @@ from psycopg import sql
 from pipelines.laaffic.client import FetchStats
 from pipelines.laaffic.models import TimeWindow
 from pipelines.warehouse.migrate import SQL_DIR, apply_migrations
-from pipelines.warehouse.normalise import STAGE_COLUMNS, NormalisedWindow
+from pipelines.warehouse.normalise import (
+    FINGERPRINT,
+    NORMALISER_VERSION,
+    STAGE_COLUMNS,
+    NormalisedWindow,
+)
 from pipelines.warehouse.urls import redact
 
 UPSERT_SQL = (SQL_DIR / "dml" / "upsert_group_call_tasks.sql").read_bytes()
+UPSERT_FINGERPRINTS_SQL = (SQL_DIR / "dml" / "upsert_group_call_task_fingerprints.sql").read_bytes()
 
 #: Staging columns and their types: text-typed input is parsed by Postgres, never by floats.
 STAGE_TYPES: dict[str, str] = {
@@ -50,8 +57,9 @@ STAGE_TYPES: dict[str, str] = {
     "task_sum_pay_fee_amount": "numeric(20,6)",
     "task_sum_pay_fee_currency": "char(3)",
     "raw": "jsonb",
+    FINGERPRINT: "bytea",
 }
-assert tuple(STAGE_TYPES) == STAGE_COLUMNS, "staging types out of step with normalise.FIELDS"
+assert tuple(STAGE_TYPES) == (*STAGE_COLUMNS, FINGERPRINT), "staging types out of step"
 
 _CREATE_STAGE = sql.SQL(
     "CREATE TEMP TABLE group_call_tasks_stage ({columns}) ON COMMIT DROP"
@@ -62,7 +70,7 @@ _CREATE_STAGE = sql.SQL(
     )
 )
 _COPY_STAGE = sql.SQL("COPY group_call_tasks_stage ({columns}) FROM STDIN (FORMAT csv)").format(
-    columns=sql.SQL(", ").join(sql.Identifier(name) for name in STAGE_COLUMNS)
+    columns=sql.SQL(", ").join(sql.Identifier(name) for name in STAGE_TYPES)
 )
 
 
@@ -124,8 +132,11 @@ def write_window(
     stats: FetchStats,
     started_at: datetime,
     run_id: str | None = None,
+    skipped_unchanged: int = 0,
 ) -> WriteResult:
-    """Stage, merge and log one window atomically."""
+    """Stage, merge and log one window atomically. `skipped_unchanged` records were found
+    identical to the stored raw beforehand (see `unchanged_records`) and are not in
+    `normalised`: they count as received and unchanged."""
     received = len(normalised.frame)
     with conn.transaction(), conn.cursor() as cur:
         # The day's stored in-progress tasks, before this sync refreshes them.
@@ -143,25 +154,28 @@ def write_window(
         merged = cur.fetchone()
         assert merged is not None
         inserted, updated = int(merged[0]), int(merged[1])
+        cur.execute(UPSERT_FINGERPRINTS_SQL)
         new_rejects = _write_rejects(cur, normalised, window_date)
         cur.execute(
             """
             SELECT (SELECT count(*) FROM group_call_tasks WHERE created_date = %(day)s),
                    (SELECT count(*) FROM group_call_tasks
-                    WHERE task_id = ANY(%(open_before)s) AND status IN (2, 3, 4))
+                    WHERE task_id = ANY(%(open_before)s) AND status IN (2, 3, 4)),
+                   (SELECT count(*) FROM group_call_tasks
+                    WHERE created_date = %(day)s AND status IN (0, 1, 5, 6))
             """,
             {"day": window_date, "open_before": open_before},
         )
         counted = cur.fetchone()
         assert counted is not None
         result = WriteResult(
-            received=received,
+            received=received + skipped_unchanged,
             inserted=inserted,
             updated=updated,
-            unchanged=received - inserted - updated,
+            unchanged=received + skipped_unchanged - inserted - updated,
             rejected=len(normalised.rejects),
             new_rejects=new_rejects,
-            open_tasks=normalised.open_tasks,
+            open_tasks=int(counted[2]),
             open_before=len(open_before),
             became_final=int(counted[1]),
             partition_rows=int(counted[0]),
@@ -169,11 +183,13 @@ def write_window(
         cur.execute(
             """
             INSERT INTO group_call_sync_log (
-                window_date, window_start, window_end, time_zone, api_total, pages, requests,
+                window_date, window_start, window_end, time_zone, normaliser_version,
+                api_total, pages, requests,
                 retries, received, inserted, updated, unchanged, rejected, new_rejects,
                 open_tasks, open_before, became_final, started_at, run_id
             ) VALUES (
-                %(window_date)s, %(window_start)s, %(window_end)s, %(time_zone)s, %(api_total)s,
+                %(window_date)s, %(window_start)s, %(window_end)s, %(time_zone)s,
+                %(normaliser_version)s, %(api_total)s,
                 %(pages)s, %(requests)s, %(retries)s, %(received)s, %(inserted)s, %(updated)s,
                 %(unchanged)s, %(rejected)s, %(new_rejects)s, %(open_tasks)s,
                 %(open_before)s, %(became_final)s, %(started_at)s,
@@ -185,6 +201,7 @@ def write_window(
                 "window_start": window.start,
                 "window_end": window.end,
                 "time_zone": time_zone,
+                "normaliser_version": NORMALISER_VERSION,
                 "api_total": stats.api_total,
                 "pages": stats.pages,
                 "requests": stats.requests,
@@ -222,3 +239,39 @@ def _write_rejects(cur: psycopg.Cursor, normalised: NormalisedWindow, window_dat
         """
     )
     return new
+
+
+def unchanged_records(
+    conn: psycopg.Connection,
+    window_date: date,
+    time_zone: str,
+    records: Sequence[dict[str, Any]],
+    hashes: Sequence[bytes],
+) -> list[bool]:
+    """Which records hash the same as what was last written for their task (`hashes` from
+    `normalise.fingerprints`), so that a re-sync can skip parsing and writing them. Only when
+    the day was last synced with the same time zone and parsing rules, and only for tasks whose
+    row is still there: otherwise every row is re-derived."""
+    with conn.transaction():
+        last = conn.execute(
+            "SELECT time_zone, normaliser_version FROM group_call_sync_log "
+            "WHERE window_date = %s ORDER BY sync_id DESC LIMIT 1",
+            (window_date,),
+        ).fetchone()
+        if last is None or tuple(last) != (time_zone, NORMALISER_VERSION):
+            return [False] * len(records)
+        stored: dict[int, bytes] = dict(
+            conn.execute(
+                """
+                SELECT f.task_id, f.fingerprint FROM group_call_task_fingerprints AS f
+                JOIN group_call_tasks AS t ON t.task_id = f.task_id
+                WHERE f.created_date = %s
+                """,
+                (window_date,),
+            ).fetchall()
+        )
+    same: list[bool] = []
+    for record, digest in zip(records, hashes, strict=True):
+        task_id = record.get("taskId")
+        same.append(type(task_id) is int and stored.get(task_id) == digest)
+    return same

@@ -19,6 +19,8 @@ STATUSES = "group_call_task_statuses"
 DAILY = "group_call_daily_summary"
 SYNC_STATUS = "group_call_sync_status"
 READER = "laaffic_reader"
+#: Internal to the pipeline (re-sync skips unchanged records); not for BI.
+FINGERPRINTS = "group_call_task_fingerprints"
 
 #: The contract with BI, column by column, in order (issue 3's table).
 TASKS_CONTRACT: list[tuple[str, str]] = [
@@ -182,6 +184,7 @@ def test_empty_database_gets_exactly_the_contract(conn: psycopg.Connection) -> N
         REJECTS: "r",
         SYNC_LOG: "r",
         STATUSES: "r",
+        FINGERPRINTS: "r",
         "schema_migrations": "r",
         DAILY: "v",
         SYNC_STATUS: "v",

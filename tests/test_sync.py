@@ -1,0 +1,99 @@
+"""pipelines.sync: days end to end, and the re-sync that skips records identical to what it
+last wrote (without ever leaving a changed or missing row behind)."""
+
+from datetime import date, timedelta
+
+import psycopg
+import pytest
+
+from pipelines.laaffic.client import LaafficClient
+from pipelines.laaffic.simulator import SimulatorServer
+from pipelines.sync import sync_day, sync_days
+from pipelines.warehouse.writer import connect, ensure_schema
+
+DAY = date(2024, 6, 4)
+TZ = "Asia/Shanghai"
+
+
+@pytest.fixture
+def client(simulator: SimulatorServer) -> LaafficClient:
+    with LaafficClient(
+        simulator.url, "sim-key", "sim-secret", backoff_base_seconds=0.001
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def conn(database_url: str) -> psycopg.Connection:
+    with connect(database_url) as conn:
+        ensure_schema(conn, database_url)
+        yield conn
+
+
+def _versions(conn: psycopg.Connection) -> dict[int, str]:
+    return dict(conn.execute("SELECT task_id, xmin::text FROM group_call_tasks").fetchall())
+
+
+def _stored(conn: psycopg.Connection) -> dict[int, object]:
+    return dict(conn.execute("SELECT task_id, raw FROM group_call_tasks").fetchall())
+
+
+def test_resync_of_unchanged_day_skips_every_record_and_rewrites_nothing(
+    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+) -> None:
+    first = sync_day(client, conn, DAY, time_zone=TZ)
+    assert first.write.inserted == first.fetch.api_total > 0
+    before = _versions(conn)
+    again = sync_day(client, conn, DAY, time_zone=TZ)
+    assert (again.write.inserted, again.write.updated) == (0, 0)
+    assert again.write.unchanged == again.write.received == first.fetch.api_total
+    assert _versions(conn) == before
+
+
+def test_resync_writes_exactly_the_changed_tasks(
+    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+) -> None:
+    store = simulator.simulator.store
+    sync_day(client, conn, DAY, time_zone=TZ)
+    before = _versions(conn)
+    moved = store.advance([DAY], to_final=True)
+    assert moved > 0
+    again = sync_day(client, conn, DAY, time_zone=TZ)
+    assert again.write.updated == moved
+    assert again.write.became_final == moved
+    changed = {t for t, v in _versions(conn).items() if before[t] != v}
+    assert len(changed) == moved
+    assert _stored(conn) == {t.task_id: t.record for t in store.day(DAY)}
+
+
+def test_resync_restores_a_deleted_row_and_rederives_on_a_new_time_zone(
+    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+) -> None:
+    sync_day(client, conn, DAY, time_zone=TZ)
+    victim = conn.execute("SELECT min(task_id) FROM group_call_tasks").fetchone()[0]
+    conn.execute("DELETE FROM group_call_tasks WHERE task_id = %s", (victim,))
+    conn.commit()
+    again = sync_day(client, conn, DAY, time_zone=TZ)
+    assert again.write.inserted == 1
+    assert _stored(conn) == {t.task_id: t.record for t in simulator.simulator.store.day(DAY)}
+
+    # Another account time zone: every created_time is re-derived, not skipped.
+    moved = sync_day(client, conn, DAY, time_zone="UTC")
+    assert moved.write.updated == moved.write.received
+    offsets = conn.execute(
+        "SELECT DISTINCT created_time - (raw->>'createdTime')::timestamp AT TIME ZONE 'UTC' "
+        "FROM group_call_tasks"
+    ).fetchall()
+    assert offsets == [(timedelta(0),)]
+
+
+def test_days_are_committed_in_order_while_later_days_are_read_ahead(
+    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+) -> None:
+    days = [DAY + timedelta(days=n) for n in range(5)]
+    synced = [s.day for s in sync_days(client, conn, days, time_zone=TZ, days_ahead=3)]
+    assert synced == days
+    logged = conn.execute("SELECT window_date FROM group_call_sync_log ORDER BY sync_id").fetchall()
+    assert [d for (d,) in logged] == days
+    expected = {t.task_id: t.record for d in days for t in simulator.simulator.store.day(d)}
+    assert _stored(conn) == expected
