@@ -7,7 +7,9 @@ Whatever is not configured is provided: no LAAFFIC credentials → the bundled s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -22,7 +24,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def local_environment() -> Iterator[dict[str, str]]:
+def local_environment(advance_every_seconds: float | None = None) -> Iterator[dict[str, str]]:
     """Fill in the environment with local stand-ins for what is not configured."""
     from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
     from pipelines.warehouse.embedded import embedded_pgdata, embedded_warehouse
@@ -32,7 +34,9 @@ def local_environment() -> Iterator[dict[str, str]]:
         provided: dict[str, str] = {}
         if not (os.environ.get("LAAFFIC_API_KEY") and os.environ.get("LAAFFIC_API_SECRET")):
             config = SimulatorConfig()
-            server = stack.enter_context(SimulatorServer(Simulator(config)))
+            server = stack.enter_context(
+                SimulatorServer(Simulator(config), advance_every_seconds=advance_every_seconds)
+            )
             provided.update(
                 LAAFFIC_BASE_URL=server.url,
                 LAAFFIC_API_KEY=config.api_key,
@@ -114,21 +118,47 @@ def print_summary(rows: list[tuple[date, str, int, int, int, Decimal]]) -> None:
 
 
 def dev(port: int) -> int:
-    with local_environment() as provided:
+    # Locally, in-progress tasks move on every 2 minutes and the open-tasks sensor looks every
+    # minute, so its refreshes show up in the UI within minutes (hourly in production).
+    os.environ.setdefault("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "60")
+    with local_environment(advance_every_seconds=120) as provided:
         print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it and what this started)")
         command = [
             sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
             "-h", "127.0.0.1", "-p", str(port),
         ]  # fmt: skip
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **provided})
+        # Its own process group: on the way out it and everything it started (webserver,
+        # daemon, code servers, run workers) are stopped together, before the simulator and
+        # the embedded PostgreSQL they use.
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env={**os.environ, **provided}, start_new_session=True
+        )
         try:
             return process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            return process.wait()
+        except (KeyboardInterrupt, SystemExit):
+            return _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> int:
+    """Interrupt a process group as Ctrl-C would; kill what is left after 20 s."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        code = process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        code = -signal.SIGKILL
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers: code servers, run workers
+    return code
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so what this command started (the simulator, the embedded
+    PostgreSQL, `dagster dev`) is stopped too."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="sync the last days through Dagster and summarise")

@@ -4,7 +4,8 @@ Real HTTP on 127.0.0.1 only. It checks the signed headers and the timestamp wind
 body as the contract does (-22 otherwise), filters on the inclusive creation window, status list
 and search text, and lists newest first. Data is deterministic for a seed: each account-local day's
 tasks are generated the first time the day is asked for. Admin endpoints under `/_sim/` (and the
-methods behind them) advance in-progress tasks, inject faults and report request counts.
+methods behind them) advance in-progress tasks, inject faults and report request counts;
+`TaskStore.add_raw` serves a crafted record as it is (tests of bad input).
 
 CLI: `python -m pipelines.laaffic.simulator --port 8765` (or `python -m pipelines simulator`).
 """
@@ -131,10 +132,13 @@ class _Task:
 
     __slots__ = ("created", "encoded", "record", "task_id")
 
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(
+        self, record: dict[str, Any], *, created: str | None = None, task_id: int | None = None
+    ) -> None:
         self.record = record
-        self.task_id: int = record["taskId"]
-        self.created: str = record["createdTime"]
+        # Where it sorts: the record's own createdTime and taskId unless given (see add_raw).
+        self.task_id: int = record["taskId"] if task_id is None else task_id
+        self.created: str = record["createdTime"] if created is None else created
         self.encoded = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
     def update(self, **changes: Any) -> None:
@@ -243,6 +247,18 @@ class TaskStore:
             self._days[day].insert(at, task)
             return task
 
+    def add_raw(self, day: date, record: dict[str, Any]) -> None:
+        """Serve `record` exactly as given in the windows that contain `day` at 12:00:00, newest
+        first among that second's tasks. Any JSON object goes: fields missing or of the wrong
+        type, no taskId or createdTime, the same record twice. For testing bad input."""
+        with self._lock:
+            self.day(day)
+            task = _Task(record, created=f"{day.isoformat()} 12:00:00", task_id=1 << 61)
+            keys = self._keys[day]
+            at = bisect.bisect_right(keys, task.sort_key)
+            keys.insert(at, task.sort_key)
+            self._days[day].insert(at, task)
+
     def all_tasks(self, days: Iterable[date]) -> list[dict[str, Any]]:
         return [task.record for day in days for task in self.day(day)]
 
@@ -252,9 +268,9 @@ class TaskStore:
         with self._lock:
             for day in list(days) if days is not None else list(self._days):
                 for task in self.day(day):
-                    status = task.record["status"]
-                    if status not in OPEN_STATUSES:
-                        continue
+                    status = task.record.get("status")
+                    if not isinstance(status, int) or status not in OPEN_STATUSES:
+                        continue  # final, or a raw record (add_raw) without a usable status
                     new_status = 2 if to_final else {0: 6, 6: 1, 1: 2, 5: 1}[status]
                     rng = random.Random(f"advance:{task.task_id}:{new_status}")
                     record = dict(task.record, status=new_status)
@@ -382,10 +398,10 @@ class Simulator:
     def query(self, q: dict[str, Any]) -> bytes:
         tasks = self.store.window(q["start"], q["end"])
         if q["statuses"]:
-            tasks = [t for t in tasks if t.record["status"] in q["statuses"]]
+            tasks = [t for t in tasks if _hashable(t.record.get("status")) in q["statuses"]]
         if q["search"]:
             needle = q["search"]
-            tasks = [t for t in tasks if needle in (t.record.get("taskName") or "")]
+            tasks = [t for t in tasks if needle in _text(t.record.get("taskName"))]
         total, size, current = len(tasks), q["size"], q["current"]
         page = tasks[(current - 1) * size : current * size]
         head = json.dumps(
@@ -407,6 +423,15 @@ class Simulator:
         for _ in range(self.config.live_tasks_per_request):
             self.store.add_live_task(q["end"])
         return body
+
+
+def _hashable(value: Any) -> Any:
+    """A raw record's (add_raw) status as a set member: lists and objects match nothing."""
+    return None if isinstance(value, list | dict) else value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _code(code: int, msg: str) -> bytes:
@@ -521,8 +546,17 @@ class _Server(ThreadingHTTPServer):
 class SimulatorServer:
     """The simulator served on 127.0.0.1 in a background thread. Use as a context manager."""
 
-    def __init__(self, simulator: Simulator | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        simulator: Simulator | None = None,
+        port: int = 0,
+        advance_every_seconds: float | None = None,
+    ) -> None:
+        """`advance_every_seconds`: move every in-progress task one step on that often, as the
+        real platform does while tasks call (the dev UI's sensor then has work to show)."""
         self.simulator = simulator or Simulator()
+        self._advance_every = advance_every_seconds
+        self._stopped = threading.Event()
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.simulator = self.simulator
         # A short poll interval makes stop() take ~50 ms instead of serve_forever's 0.5 s.
@@ -540,9 +574,17 @@ class SimulatorServer:
 
     def start(self) -> SimulatorServer:
         self._thread.start()
+        if self._advance_every:
+            threading.Thread(target=self._advance_periodically, daemon=True).start()
         return self
 
+    def _advance_periodically(self) -> None:
+        assert self._advance_every
+        while not self._stopped.wait(self._advance_every):
+            self.simulator.store.advance()
+
     def stop(self) -> None:
+        self._stopped.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -555,6 +597,15 @@ class SimulatorServer:
 
 def validate_record(record: dict[str, Any]) -> TaskRecord:
     return TaskRecord.model_validate(record)
+
+
+def even_day_counts(first_day: date, last_day: date, total: int) -> dict[date, int]:
+    """`total` tasks spread evenly over [first_day, last_day]; the first days take the remainder."""
+    days = (last_day - first_day).days + 1
+    if days < 1:
+        raise ValueError("last_day is before first_day")
+    share, extra = divmod(total, days)
+    return {first_day + timedelta(days=n): share + (n < extra) for n in range(days)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -570,7 +621,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS))
     parser.add_argument("--open-fraction", type=float, default=SimulatorConfig.open_fraction)
+    parser.add_argument(
+        "--total-tasks",
+        type=int,
+        default=None,
+        help="spread exactly this many tasks over --first-day..--last-day (overrides per-day)",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="generate --first-day..--last-day before serving (and before printing the URL)",
+    )
     args = parser.parse_args(argv)
+    if (args.total_tasks is not None or args.warm) and not (args.first_day and args.last_day):
+        parser.error("--total-tasks and --warm need --first-day and --last-day")
     config = SimulatorConfig(
         api_key=args.api_key,
         api_secret=args.api_secret,
@@ -582,8 +646,18 @@ def main(argv: list[str] | None = None) -> None:
         fault_rate=args.fault_rate,
         fault_kinds=tuple(args.fault_kinds.split(",")),
         open_fraction=args.open_fraction,
+        day_counts=(
+            even_day_counts(args.first_day, args.last_day, args.total_tasks)
+            if args.total_tasks is not None
+            else {}
+        ),
     )
     server = SimulatorServer(Simulator(config), port=args.port)
+    if args.warm:
+        day = args.first_day
+        while day <= args.last_day:
+            server.simulator.store.day(day)
+            day += timedelta(days=1)
     print(f"LAAFFIC simulator on {server.url} (key {config.api_key!r})", flush=True)
     try:
         server._server.serve_forever()
