@@ -4,15 +4,11 @@
 
 CREATE TABLE IF NOT EXISTS group_call_task_fingerprints (
     task_id      bigint PRIMARY KEY,
-    created_date date,
     fingerprint  bytea  NOT NULL
 );
-CREATE INDEX IF NOT EXISTS group_call_task_fingerprints_date_idx
-    ON group_call_task_fingerprints (created_date);
 
 COMMENT ON TABLE group_call_task_fingerprints IS
     'Internal to the pipeline: a 128-bit BLAKE2b hash of each task''s record as last written, so '
     're-syncs skip unchanged records cheaply. Safe to truncate (the next sync re-parses everything).';
 COMMENT ON COLUMN group_call_task_fingerprints.task_id IS 'The task (group_call_tasks.task_id).';
-COMMENT ON COLUMN group_call_task_fingerprints.created_date IS 'Its created_date (the partition).';
 COMMENT ON COLUMN group_call_task_fingerprints.fingerprint IS 'BLAKE2b-128 of the record''s JSON as received.';

@@ -263,9 +263,9 @@ def unchanged_records(
         stored: dict[int, bytes] = dict(
             conn.execute(
                 """
-                SELECT f.task_id, f.fingerprint FROM group_call_task_fingerprints AS f
-                JOIN group_call_tasks AS t ON t.task_id = f.task_id
-                WHERE f.created_date = %s
+                SELECT t.task_id, f.fingerprint FROM group_call_tasks AS t
+                JOIN group_call_task_fingerprints AS f ON f.task_id = t.task_id
+                WHERE t.created_date = %s
                 """,
                 (window_date,),
             ).fetchall()
