@@ -708,7 +708,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--resync", action="store_true", help="re-run the pipeline, same data")
     parser.add_argument(
-        "--baseline-raw", action="store_true", help="the baseline stores raw jsonb too"
+        "--baseline-without-raw",
+        dest="baseline_raw",
+        action="store_false",
+        help="the baseline stores `{}` as raw instead of each record (by default it stores the "
+        "same table as the pipeline, raw jsonb included)",
     )
     parser.add_argument("--server-url", default=None, help="PostgreSQL server to create dbs on")
     parser.add_argument("--seed", type=int, default=SimulatorConfig.seed)
