@@ -17,7 +17,13 @@ import psycopg
 
 from pipelines.laaffic.client import FetchStats, LaafficClient, Logger, WindowResult
 from pipelines.laaffic.models import TimeWindow
-from pipelines.warehouse.normalise import fingerprints, normalise_records, raw_payloads
+from pipelines.warehouse.normalise import (
+    NormalisedWindow,
+    fingerprints,
+    normalise_records,
+    raw_payloads,
+)
+from pipelines.warehouse.queries import days_with_rows
 from pipelines.warehouse.writer import WriteResult, unchanged_records, write_window
 
 
@@ -72,41 +78,44 @@ class DaySync:
         )
 
 
-def _write_day(
-    conn: psycopg.Connection,
-    fetched: WindowResult,
-    day: date,
-    *,
-    started: datetime,
-    clock: float,
-    time_zone: str,
-    run_id: str | None,
-    log: Logger | None,
-) -> DaySync:
-    # A re-sync mostly re-reads what is stored: skip parsing and writing identical records.
-    payloads = raw_payloads(fetched.records)
-    same = unchanged_records(conn, day, time_zone, fetched.records, fingerprints(payloads))
-    changed = [i for i, keep in enumerate(same) if not keep]
-    normalised = normalise_records(
-        [fetched.records[i] for i in changed],
-        log=log.warning if log else None,
-        payloads=[payloads[i] for i in changed],
-    )
-    written = write_window(
-        conn,
-        window_date=day,
-        window=fetched.window,
-        time_zone=time_zone,
-        normalised=normalised,
-        stats=fetched.stats,
-        started_at=started,
-        run_id=run_id,
-        skipped_unchanged=len(fetched.records) - len(changed),
-    )
-    result = DaySync(day, fetched.window, fetched.stats, written, time.perf_counter() - clock)
-    if log is not None:
-        log.info(result.summary())
-    return result
+class _Progress:
+    """Progress lines for the run's log: each day when days are slow, otherwise one line per
+    `every` seconds summing the days done since (each log line is an event Dagster stores: one
+    per day would cost a year's backfill several seconds)."""
+
+    def __init__(self, log: Logger | None, total: int, every: float = 2.0) -> None:
+        self.log, self.total, self.every = log, total, every
+        self.done: list[DaySync] = []
+        self.pending: list[DaySync] = []
+        self.last = time.perf_counter()
+
+    def add(self, synced: DaySync) -> None:
+        self.done.append(synced)
+        self.pending.append(synced)
+        if time.perf_counter() - self.last >= self.every or len(self.done) == self.total:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.log is None or not self.pending:
+            return
+        days = self.pending
+        if len(days) == 1:
+            line = days[0].summary()
+        else:
+            line = (
+                f"{days[0].day}..{days[-1].day} ({len(days)} days): "
+                f"{sum(d.fetch.api_total for d in days)} tasks, "
+                f"{sum(d.fetch.requests for d in days)} requests, "
+                f"{sum(d.fetch.retries for d in days)} retries -> "
+                f"{sum(d.write.inserted for d in days)} inserted, "
+                f"{sum(d.write.updated for d in days)} updated, "
+                f"{sum(d.write.unchanged for d in days)} unchanged, "
+                f"{sum(d.write.rejected for d in days)} rejected, "
+                f"{sum(d.write.became_final for d in days)} became final"
+            )
+        self.log.info(f"{line} [{len(self.done)}/{self.total} days]")
+        self.pending = []
+        self.last = time.perf_counter()
 
 
 def sync_day(
@@ -135,40 +144,87 @@ def sync_days(
     log: Logger | None = None,
     days_ahead: int = 2,
 ) -> Iterator[DaySync]:
-    """Sync days in order, each committed on its own before the next; yields as each commits.
+    """Sync days in order, each in its own transaction; yields each day once it is committed.
 
-    While one day is normalised and written, the next `days_ahead` days are already being read
-    (their requests share the client's bounded pool), so the API's latency overlaps our work.
-    At most `days_ahead + 1` windows are held in memory, however long the range.
+    Three stages overlap: the next `days_ahead` days are read from the API (their requests
+    share the client's bounded pool) while this thread normalises one day and a writer thread,
+    which alone uses `conn`, writes the previous one. At most `days_ahead + 3` windows are in
+    memory, however long the range. If a day fails, nothing after it is written.
     """
-    pending: deque[tuple[date, datetime, float, Future[WindowResult]]] = deque()
-    upcoming = iter(days)
-    with ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day") as pool:
+    wanted = list(days)
+    stored = days_with_rows(conn, wanted)  # re-syncs compare with what is stored; others not
+    progress = _Progress(log, len(wanted))
+    reads: deque[tuple[date, datetime, float, Future[WindowResult]]] = deque()
+    writes: deque[Future[DaySync]] = deque()
+    upcoming = iter(wanted)
+    fetchers = ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laaffic-writer")
 
-        def read_next() -> None:
-            day = next(upcoming, None)
-            if day is not None:
-                started = datetime.now(UTC)
-                future = pool.submit(client.fetch_window, day_window(day))
-                pending.append((day, started, time.perf_counter(), future))
+    def read_next() -> None:
+        day = next(upcoming, None)
+        if day is not None:
+            future = fetchers.submit(client.fetch_window, day_window(day))
+            reads.append((day, datetime.now(UTC), time.perf_counter(), future))
 
-        try:
-            for _ in range(days_ahead + 1):
-                read_next()
-            while pending:
-                day, started, clock, future = pending.popleft()
-                fetched = future.result()
-                read_next()
-                yield _write_day(
+    def written(future: Future[DaySync]) -> DaySync:
+        synced = future.result()
+        progress.add(synced)
+        return synced
+
+    try:
+        for _ in range(days_ahead + 1):
+            read_next()
+        while reads:
+            day, started, clock, read = reads.popleft()
+            fetched = read.result()
+            read_next()
+            records = fetched.records
+            payloads = raw_payloads(records)
+            same = (
+                writer.submit(
+                    unchanged_records, conn, day, time_zone, records, fingerprints(payloads)
+                ).result()
+                if day in stored
+                else [False] * len(records)
+            )
+            changed = [i for i, keep in enumerate(same) if not keep]
+            normalised = normalise_records(
+                [records[i] for i in changed],
+                log=log.warning if log else None,
+                payloads=[payloads[i] for i in changed],
+            )
+
+            def write(
+                day: date = day,
+                fetched: WindowResult = fetched,
+                normalised: NormalisedWindow = normalised,
+                started: datetime = started,
+                clock: float = clock,
+                skipped: int = len(records) - len(changed),
+            ) -> DaySync:
+                result = write_window(
                     conn,
-                    fetched,
-                    day,
-                    started=started,
-                    clock=clock,
+                    window_date=day,
+                    window=fetched.window,
                     time_zone=time_zone,
+                    normalised=normalised,
+                    stats=fetched.stats,
+                    started_at=started,
                     run_id=run_id,
-                    log=log,
+                    skipped_unchanged=skipped,
                 )
-        finally:
-            for *_, future in pending:
-                future.cancel()
+                return DaySync(
+                    day, fetched.window, fetched.stats, result, time.perf_counter() - clock
+                )
+
+            writes.append(writer.submit(write))
+            while writes and (writes[0].done() or len(writes) > 1):
+                yield written(writes.popleft())
+        while writes:
+            yield written(writes.popleft())
+    finally:
+        progress.flush()
+        for *_, read in reads:
+            read.cancel()
+        writer.shutdown(wait=True, cancel_futures=True)
+        fetchers.shutdown(wait=True, cancel_futures=True)

@@ -32,6 +32,18 @@ def table_columns(conn: psycopg.Connection, table: str = TABLE) -> list[Column]:
     return [Column(*row) for row in rows]
 
 
+def days_with_rows(conn: psycopg.Connection, days: list[date]) -> set[date]:
+    """Which of `days` already have tasks stored (one index scan for a whole range)."""
+    if not days:
+        return set()
+    rows = conn.execute(
+        "SELECT DISTINCT created_date FROM group_call_tasks WHERE created_date BETWEEN %s AND %s",
+        (min(days), max(days)),
+    ).fetchall()
+    conn.commit()
+    return {day for (day,) in rows} & set(days)
+
+
 def table_row_count(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT count(*) FROM group_call_tasks").fetchone()
     return int(row[0]) if row else 0
