@@ -8,13 +8,16 @@ pages) the client follows the latest `total` and re-reads until every task is ac
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -296,7 +299,7 @@ class LaafficClient:
         filters: dict[str, Any],
         stats: FetchStats,
         sequential: bool = False,
-    ) -> Iterator[Page]:
+    ) -> Generator[Page, None, None]:
         """Pages in order, fetched on the shared pool (one at a time if `sequential`)."""
         pool = self._executor()
 
@@ -307,13 +310,29 @@ class LaafficClient:
             for number in pages:
                 yield pool.submit(read, number).result()
             return
-        futures = [pool.submit(read, number) for number in pages]
+        # A sliding window of requests: however many pages `total` claims, only a few are
+        # scheduled ahead of the one being consumed.
+        ahead: deque[Future[Page]] = deque()
+        numbers = iter(pages)
         try:
-            for future in futures:
-                yield future.result()
+            for number in itertools.islice(numbers, 2 * self.max_concurrency):
+                ahead.append(pool.submit(read, number))
+            while ahead:
+                page = ahead.popleft().result()
+                following = next(numbers, None)
+                if following is not None:
+                    ahead.append(pool.submit(read, following))
+                yield page
         finally:
-            for future in futures:
-                future.cancel()  # a failed page stops the window: drop what has not started
+            for future in ahead:
+                future.cancel()  # a failed or abandoned page stops the window
+
+    def _ends_early(self, number: int, page: Page) -> bool:
+        """A page before the last one `total` implies, but not full: the listing stops short
+        (tasks vanished meanwhile, or a `total` that is not true). Paging further is pointless."""
+        return len(page.records) < self.page_size and number < math.ceil(
+            page.total / self.page_size
+        )
 
     def fetch_window(self, window: TimeWindow, **filters: Any) -> WindowResult:
         """Every task created in `window` (split into API-sized pieces), de-duplicated by taskId."""
@@ -352,6 +371,7 @@ class LaafficClient:
             return len(page.records), new
 
         pass_totals: list[int] = []  # `total` of each page of the current pass, as read
+        short_page: tuple[int, int, int] | None = None  # (page, records, total) ending early
         sequential = self.max_concurrency == 1  # re-read passes always are (see below)
         (first,) = self._read_pages(window, range(1, 2), filters, stats, sequential=True)
         absorb(first)
@@ -359,10 +379,14 @@ class LaafficClient:
         passes = 1
         while True:
             # Follow the total as it grows: tasks created meanwhile push older ones back.
-            while read_upto < math.ceil(latest_total / self.page_size):
+            while read_upto < math.ceil(latest_total / self.page_size) and not short_page:
                 wanted = range(read_upto + 1, math.ceil(latest_total / self.page_size) + 1)
-                for page in self._read_pages(window, wanted, filters, stats, sequential):
-                    absorb(page)
+                with closing(self._read_pages(window, wanted, filters, stats, sequential)) as read:
+                    for number, page in zip(wanted, read, strict=False):
+                        absorb(page)
+                        if self._ends_early(number, page):
+                            short_page = (number, len(page.records), page.total)
+                            break
                 read_upto = wanted[-1]
             found = len(by_id) + len(unkeyed)
             if found >= max(pass_totals):
@@ -378,9 +402,16 @@ class LaafficClient:
                 # shortfall is tasks created after its page 1. Another pass could never catch up.
                 break
             if passes > self.max_drift_passes:
+                ended = (
+                    f" (page {short_page[0]} held {short_page[1]} records although `total` "
+                    f"was {short_page[2]}: the listing ends before its total)"
+                    if short_page
+                    else ""
+                )
                 raise LaafficIncompleteWindowError(
                     f"window {window}: the API reports {latest_total} tasks but {passes} full "
-                    f"passes found only {found} distinct ones; refusing to store a partial window"
+                    f"passes found only {found} distinct ones{ended}; refusing to store a "
+                    "partial window"
                 )
             # Short: tasks moved while we paged (or the API repeats rows). Read it all again.
             self.log.info(
@@ -398,8 +429,13 @@ class LaafficClient:
             pass_totals.clear()
             # In page order: concurrent reads while tasks are created can skip rows between pages.
             sequential = True
-            for page in self._read_pages(window, pages_now, filters, stats, sequential):
-                returned += absorb(page)[0]
+            short_page = None
+            with closing(self._read_pages(window, pages_now, filters, stats, sequential)) as read:
+                for number, page in zip(pages_now, read, strict=False):
+                    returned += absorb(page)[0]
+                    if self._ends_early(number, page):
+                        short_page = (number, len(page.records), page.total)
+                        break
             read_upto = pages_now[-1]
             if len(by_id) == before and returned >= latest_total:
                 # A stable pass that returned `total` rows: the shortfall is upstream repeats.
