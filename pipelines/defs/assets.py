@@ -3,6 +3,7 @@
 import warnings
 from datetime import date, timedelta
 
+import psycopg
 from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
@@ -20,7 +21,7 @@ from dagster import (
     asset,
 )
 
-from pipelines.defs.resources import LaafficApiResource, WarehouseResource
+from pipelines.defs.resources import API_POOL, LaafficApiResource, WarehouseResource
 from pipelines.laaffic.errors import (
     LaafficApiError,
     LaafficClockSkewError,
@@ -33,7 +34,6 @@ from pipelines.warehouse.queries import TABLE, table_columns, table_row_count
 
 SETTINGS = Settings.from_env()
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
-API_POOL = "laaffic_api"
 
 
 def daily_partitions(timezone: str, start_date: date) -> DailyPartitionsDefinition:
@@ -42,6 +42,19 @@ def daily_partitions(timezone: str, start_date: date) -> DailyPartitionsDefiniti
 
 
 DAILY_PARTITIONS = daily_partitions(SETTINGS.timezone, SETTINGS.start_date)
+
+
+def days_committed_by(conn: psycopg.Connection, run_id: str) -> list[str]:
+    """The days whose windows run `run_id` committed (its sync-log rows), oldest first."""
+    try:
+        rows = conn.execute(
+            "SELECT DISTINCT window_date FROM group_call_sync_log WHERE run_id = %s "
+            "ORDER BY window_date",
+            (run_id,),
+        ).fetchall()
+    except psycopg.Error:
+        return []
+    return [day.isoformat() for (day,) in rows]
 
 
 @asset(  # backfill_policy is beta in dagster 1.13; single-run range backfills rely on it
@@ -74,22 +87,31 @@ def group_call_tasks(
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
     done: list[str] = []
+    fatal = (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError)
     try:
         with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
-            for synced in sync_days(
-                client,
-                conn,
-                days,
-                time_zone=SETTINGS.timezone,
-                run_id=context.run.run_id,
-                log=context.log,
-                days_ahead=laaffic.days_ahead,
-            ):
-                context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
-                done.append(synced.partition_key)
+            try:
+                for synced in sync_days(
+                    client,
+                    conn,
+                    days,
+                    time_zone=SETTINGS.timezone,
+                    run_id=context.run.run_id,
+                    log=context.log,
+                    days_ahead=laaffic.days_ahead,
+                ):
+                    context.add_asset_metadata(
+                        synced.metadata(), partition_key=synced.partition_key
+                    )
+                    done.append(synced.partition_key)
+            except fatal:
+                # A day being written when a later day's read failed commits without being
+                # yielded: ask the warehouse which days this run committed.
+                done = days_committed_by(conn, context.run.run_id) or done
+                raise
             columns = table_columns(conn)
             rows = table_row_count(conn)
-    except (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError) as exc:
+    except fatal as exc:
         # Wrong credentials, IP, request or clock: retrying the step cannot help.
         kept = f"; {len(done)} day(s) were committed before it ({', '.join(done)})" if done else ""
         raise Failure(description=f"{exc}{kept}", allow_retries=False) from exc

@@ -12,13 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field
 
+from pipelines.defs.recovery import release_crashed_runs
 from pipelines.laaffic.client import DEFAULT_BASE_URL, LaafficClient, Logger
 from pipelines.laaffic.errors import LaafficConfigError
 from pipelines.warehouse.embedded import embedded_warehouse_url
 from pipelines.warehouse.writer import connect, ensure_schema
+
+#: The Dagster pool of every step that calls the API (limit in dagster.yaml).
+API_POOL = "laaffic_api"
 
 
 def env_var_if_set(name: str) -> EnvVar | None:
@@ -45,6 +49,11 @@ class LaafficApiResource(ConfigurableResource):
         ge=0,
         description="In a range run, days read ahead while the current one is written.",
     )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Before the run's step claims the API pool: free slots held by crashed runs."""
+        if context.instance is not None and context.run_id is not None:
+            release_crashed_runs(context.instance, context.run_id, API_POOL, context.log)
 
     def get_client(self, logger: Logger | None = None) -> LaafficClient:
         missing = [
