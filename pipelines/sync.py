@@ -176,7 +176,12 @@ def sync_days(
             read_next()
         while reads:
             day, started, clock, read = reads.popleft()
-            fetched = read.result()
+            try:
+                fetched = read.result()
+            except Exception:
+                while writes:  # days already handed to the writer commit: report them first
+                    yield written(writes.popleft())
+                raise
             read_next()
             records = fetched.records
             payloads = raw_payloads(records)
