@@ -33,7 +33,6 @@ from pipelines.laaffic.models import (
     LOCAL_DATETIME_FORMAT,
     OPEN_STATUSES,
     TASK_TYPE_AI_AGENT,
-    TaskRecord,
 )
 
 EPOCH = date(2020, 1, 1)
@@ -593,10 +592,6 @@ class SimulatorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def validate_record(record: dict[str, Any]) -> TaskRecord:
-    return TaskRecord.model_validate(record)
 
 
 def even_day_counts(first_day: date, last_day: date, total: int) -> dict[date, int]:

@@ -1,4 +1,4 @@
-"""PostgreSQL URL helpers: swap the database, hide the password, make SQLAlchemy URLs."""
+"""PostgreSQL URL helpers: swap the database, hide the password."""
 
 from __future__ import annotations
 
@@ -19,11 +19,3 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
-def sqlalchemy_url(url: str) -> str:
-    """`postgresql://...` as SQLAlchemy's psycopg-3 dialect wants it."""
-    scheme, rest = url.split("://", 1)
-    if "+" in scheme:
-        return url
-    return f"postgresql+psycopg://{rest}"
