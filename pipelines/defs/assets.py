@@ -3,7 +3,6 @@
 import warnings
 from datetime import date, timedelta
 
-import psycopg
 from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
@@ -44,19 +43,6 @@ def daily_partitions(timezone: str, start_date: date) -> DailyPartitionsDefiniti
 DAILY_PARTITIONS = daily_partitions(SETTINGS.timezone, SETTINGS.start_date)
 
 
-def days_committed_by(conn: psycopg.Connection, run_id: str) -> list[str]:
-    """The days whose windows run `run_id` committed (its sync-log rows), oldest first."""
-    try:
-        rows = conn.execute(
-            "SELECT DISTINCT window_date FROM group_call_sync_log WHERE run_id = %s "
-            "ORDER BY window_date",
-            (run_id,),
-        ).fetchall()
-    except psycopg.Error:
-        return []
-    return [day.isoformat() for (day,) in rows]
-
-
 @asset(  # backfill_policy is beta in dagster 1.13; single-run range backfills rely on it
     name=TABLE,
     group_name="laaffic",
@@ -90,25 +76,18 @@ def group_call_tasks(
     fatal = (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError)
     try:
         with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
-            try:
-                for synced in sync_days(
-                    client,
-                    conn,
-                    days,
-                    time_zone=SETTINGS.timezone,
-                    run_id=context.run.run_id,
-                    log=context.log,
-                    days_ahead=laaffic.days_ahead,
-                ):
-                    context.add_asset_metadata(
-                        synced.metadata(), partition_key=synced.partition_key
-                    )
-                    done.append(synced.partition_key)
-            except fatal:
-                # A day being written when a later day's read failed commits without being
-                # yielded: ask the warehouse which days this run committed.
-                done = days_committed_by(conn, context.run.run_id) or done
-                raise
+            # sync_days yields every day it commits, also those in flight when a read fails.
+            for synced in sync_days(
+                client,
+                conn,
+                days,
+                time_zone=SETTINGS.timezone,
+                run_id=context.run.run_id,
+                log=context.log,
+                days_ahead=laaffic.days_ahead,
+            ):
+                context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
+                done.append(synced.partition_key)
             columns = table_columns(conn)
             rows = table_row_count(conn)
     except fatal as exc:
