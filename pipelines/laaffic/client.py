@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -158,6 +159,13 @@ class LaafficClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            # The environment (proxies, NO_PROXY, CA bundle) is read once here rather than on
+            # every request, which with trust_env also stats ~/.netrc: ~0.25 ms per page.
+            session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle and self.base_url.startswith("https:"):
+                session.verify = bundle  # (requests stats it on every request: only for TLS)
+            session.trust_env = False
             self._local.session = session
         return session
 
@@ -302,9 +310,10 @@ class LaafficClient:
     ) -> Generator[Page, None, None]:
         """Pages in order, fetched on the shared pool (one at a time if `sequential`)."""
         pool = self._executor()
+        first = self._request(window, 1, filters)
 
         def read(number: int) -> Page:
-            return self.query_page(self._request(window, number, filters), stats)
+            return self.query_page(first.page(number), stats)
 
         if sequential:
             for number in pages:

@@ -7,6 +7,7 @@ its data with it, tests validate against it). Unknown extra fields are allowed a
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +52,11 @@ class QueryParams(BaseModel):
         datetime.strptime(value, LOCAL_DATETIME_FORMAT)
         return value
 
+    @functools.cached_property
+    def body(self) -> dict[str, Any]:
+        """The JSON `params` object (computed once: every page of a window sends the same)."""
+        return self.model_dump(exclude_none=True)
+
 
 class QueryRequest(BaseModel):
     """The POST body: one page of one creation-time window."""
@@ -62,7 +68,11 @@ class QueryRequest(BaseModel):
     params: QueryParams
 
     def body(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        return {"current": self.current, "size": self.size, "params": self.params.body}
+
+    def page(self, current: int) -> QueryRequest:
+        """The same query for another page (no re-validation of the shared params)."""
+        return self.model_copy(update={"current": current})
 
 
 class Page(BaseModel):
