@@ -185,19 +185,25 @@ def sync_days(
             read_next()
             records = fetched.records
             payloads = raw_payloads(records)
+            hashes = fingerprints(payloads)
+            stored_before = day in stored
             same = (
-                writer.submit(
-                    unchanged_records, conn, day, time_zone, records, fingerprints(payloads)
-                ).result()
-                if day in stored
+                writer.submit(unchanged_records, conn, day, time_zone, records, hashes).result()
+                if stored_before
                 else [False] * len(records)
             )
             changed = [i for i, keep in enumerate(same) if not keep]
-            normalised = normalise_records(
-                [records[i] for i in changed],
-                log=log.warning if log else None,
-                payloads=[payloads[i] for i in changed],
-            )
+            if len(changed) == len(records):
+                normalised = normalise_records(
+                    records, log=log.warning if log else None, payloads=payloads, hashes=hashes
+                )
+            else:
+                normalised = normalise_records(
+                    [records[i] for i in changed],
+                    log=log.warning if log else None,
+                    payloads=[payloads[i] for i in changed],
+                    hashes=[hashes[i] for i in changed],
+                )
 
             def write(
                 day: date = day,
@@ -206,6 +212,7 @@ def sync_days(
                 started: datetime = started,
                 clock: float = clock,
                 skipped: int = len(records) - len(changed),
+                first_load: bool = not stored_before,
             ) -> DaySync:
                 result = write_window(
                     conn,
@@ -217,6 +224,7 @@ def sync_days(
                     started_at=started,
                     run_id=run_id,
                     skipped_unchanged=skipped,
+                    first_load=first_load,
                 )
                 return DaySync(
                     day, fetched.window, fetched.stats, result, time.perf_counter() - clock

@@ -11,9 +11,11 @@ is still written with its raw payload.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -127,8 +129,12 @@ FIELDS_BY_NAME = {f.api_name: f for f in FIELDS}
 
 #: Columns handed to the writer, in order (`created_local` becomes `created_time` in SQL).
 STAGE_COLUMNS: tuple[str, ...] = (*(c for f in FIELDS for c in f.columns), "raw")
-#: Also in `NormalisedWindow.frame`, after STAGE_COLUMNS: the record's hash (see `fingerprints`).
+#: Also in `NormalisedWindow.table`, after STAGE_COLUMNS: the record's hash (see `fingerprints`).
 FINGERPRINT = "fingerprint"
+#: `group_call_tasks` columns in STAGE_COLUMNS order, as a direct COPY names them.
+TABLE_COLUMNS: tuple[str, ...] = tuple(
+    "created_time" if c == "created_local" else c for c in STAGE_COLUMNS
+)
 
 
 def _describe(value: Any) -> str:
@@ -211,11 +217,19 @@ class Reject:
 
 @dataclass
 class NormalisedWindow:
-    """One window, normalised. `frame` holds the typed values (Arrow-backed pandas columns,
-    STAGE_COLUMNS) that the writer streams to Postgres as CSV; `rows` is a plain view of it."""
+    """One window, normalised. `table` holds the typed values (Arrow columns: STAGE_COLUMNS,
+    then FINGERPRINT) that the writer streams to Postgres as CSV; `frame` is the same as a
+    pandas DataFrame (Arrow-backed), `rows` a plain text view of it."""
 
-    frame: pd.DataFrame
+    table: pa.Table
     rejects: list[Reject]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @functools.cached_property
+    def frame(self) -> pd.DataFrame:
+        return self.table.to_pandas(types_mapper=pd.ArrowDtype)
 
     @property
     def rows(self) -> pd.DataFrame:
@@ -228,14 +242,34 @@ class NormalisedWindow:
 
     @property
     def open_tasks(self) -> int:
-        return int(self.frame["status"].isin(sorted(OPEN_STATUSES)).sum())
+        return int(pc.sum(pc.is_in(self.table["status"], _OPEN_CODES)).as_py() or 0)
 
     def to_csv(self) -> bytes:
-        """The rows as PostgreSQL `COPY … (FORMAT csv)` input: strings quoted, NULL empty."""
-        table = pa.Table.from_pandas(self.frame, preserve_index=False)
-        sink = io.BytesIO()
-        pa_csv.write_csv(table, sink, write_options=pa_csv.WriteOptions(include_header=False))
-        return sink.getvalue()
+        """The rows as PostgreSQL `COPY … (FORMAT csv)` input for the staging table
+        (STAGE_COLUMNS + FINGERPRINT): strings quoted, NULL empty."""
+        return _csv(self.table)
+
+    def to_table_csv(self, time_zone: str) -> tuple[bytes, bytes]:
+        """The rows as COPY input straight into `group_call_tasks` (TABLE_COLUMNS) and into
+        `group_call_task_fingerprints` (task_id, fingerprint): for a first load, no staging.
+        `created_time` is given as "yyyy-MM-dd HH:mm:ss <IANA zone>", which PostgreSQL reads
+        exactly as the upsert's `created_local AT TIME ZONE zone` (DST gaps and folds too)."""
+        local = self.table["created_local"]
+        created = pc.binary_join_element_wise(local, pa.scalar(" " + time_zone), "")
+        rows = self.table.select(list(STAGE_COLUMNS)).set_column(
+            STAGE_COLUMNS.index("created_local"), "created_time", created
+        )
+        return _csv(rows), _csv(self.table.select(["task_id", FINGERPRINT]))
+
+
+_OPEN_CODES = pa.array(sorted(OPEN_STATUSES), type=pa.int64())
+_CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
+
+
+def _csv(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pa_csv.write_csv(table, sink, write_options=_CSV_OPTIONS)  # encoded by Arrow, in C++
+    return sink.getvalue()
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -278,25 +312,25 @@ def _raw_text(value: Any) -> str | None:
     return _json_text(value)
 
 
-def raw_payloads(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Each record's JSON text for the `raw` jsonb column. pydantic-core's serializer is ~4x
+def raw_payloads(records: Sequence[dict[str, Any]]) -> list[bytes]:
+    """Each record's JSON (UTF-8) for the `raw` jsonb column. pydantic-core's serializer is ~4x
     faster than json.dumps; the rare record jsonb cannot hold as is takes `_json_text`."""
-    out: list[str] = []
+    out: list[bytes] = []
     for record in records:
         try:
             text = to_json(record, inf_nan_mode="strings")
         except PydanticSerializationError:  # a lone surrogate
-            out.append(_json_text(record, separators=(",", ":")))
+            out.append(_json_text(record, separators=(",", ":")).encode())
             continue
         out.append(
-            _json_text(record, separators=(",", ":")) if b"\\u0000" in text else text.decode()
+            _json_text(record, separators=(",", ":")).encode() if b"\\u0000" in text else text
         )
     return out
 
 
-def fingerprints(payloads: Sequence[str]) -> list[bytes]:
+def fingerprints(payloads: Sequence[bytes]) -> list[bytes]:
     """BLAKE2b-128 of each payload: what `group_call_task_fingerprints` keeps."""
-    return [blake2b(p.encode(), digest_size=16).digest() for p in payloads]
+    return [blake2b(p, digest_size=16).digest() for p in payloads]
 
 
 #: Every character for which Python's str.isspace() is true (what `parse_value` strips).
@@ -318,7 +352,11 @@ _STRICT = {
     "seconds": r"[0-9]{1,12}(?:\.[0-9]{1,6})?s?",
     "amount": r"[+-]?[0-9]{1,14}(?:\.[0-9]{1,6})?",
     "fee": r"[+-]?[0-9]{1,14}(?:\.[0-9]{1,6})?\([A-Z]{3}\)",
-    "local_datetime": r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}",
+    # Field ranges in the pattern; a day past its month's end (Feb 30) is caught after parsing.
+    "local_datetime": (
+        r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]) "
+        r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    ),
 }
 
 
@@ -374,10 +412,13 @@ def _vectorised(kind: Kind, values: list[Any]) -> tuple[list[pa.Array], np.ndarr
     else:
         ok = _mask(pc.match_substring_regex(array, f"^(?:{_STRICT[kind.name]})$"))
         if kind.name == "local_datetime":
-            parsed = pc.strptime(array, format=_LOCAL_FORMAT, unit="s", error_is_null=True)
-            roundtrip = pc.strftime(parsed, format=_LOCAL_FORMAT)
-            year = pc.utf8_slice_codeunits(array, 0, 4)
-            ok = _mask(pc.and_(ok, pc.and_(pc.equal(roundtrip, array), pc.not_equal(year, "0000"))))
+            # Arrow's strptime rolls an impossible day over (Feb 30 -> Mar 1): keep a value only
+            # if the parsed day is the day written. Year 0000 is refused like the reference does.
+            candidate = _keep(ok, array)
+            parsed = pc.strptime(candidate, format=_LOCAL_FORMAT, unit="s", error_is_null=True)
+            written_day = pc.cast(pc.utf8_slice_codeunits(candidate, 8, 10), pa.int64())
+            year = pc.utf8_slice_codeunits(candidate, 0, 4)
+            ok = _mask(pc.and_(pc.equal(pc.day(parsed), written_day), pc.not_equal(year, "0000")))
             local = _keep(ok, array)
             outputs = [local, pc.utf8_slice_codeunits(local, 0, 10)]
         elif kind.name == "fee":
@@ -405,22 +446,39 @@ def _patch(column: pa.Array, values: dict[int, str | None], arrow_type: pa.DataT
     return pa.array(merged, type=arrow_type)
 
 
+_FIELD_NAMES = tuple(f.api_name for f in FIELDS)
+_ALL_FIELDS = operator.itemgetter(*_FIELD_NAMES)
+
+
+def _columns(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Each field's values across the records (None where missing), in FIELDS order. Transposed
+    in C when every record has every field (the usual case), which is ~30% faster than a
+    comprehension per field."""
+    try:
+        rows = list(map(_ALL_FIELDS, records))
+    except KeyError:
+        return [[record.get(name) for record in records] for name in _FIELD_NAMES]
+    if not rows:
+        return [[] for _ in _FIELD_NAMES]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 def normalise_records(
     records: Sequence[dict[str, Any]],
     *,
     log: Callable[[str], Any] | None = None,
-    payloads: Sequence[str] | None = None,
+    payloads: Sequence[bytes] | None = None,
+    hashes: Sequence[bytes] | None = None,
 ) -> NormalisedWindow:
     """Records of one window → typed rows and rejects. Nothing is dropped: a record without a
-    usable taskId is returned as a reject carrying the whole record. `payloads`: the records'
-    `raw_payloads`, when the caller has them already."""
+    usable taskId is returned as a reject carrying the whole record. `payloads` and `hashes`:
+    the records' `raw_payloads` and their `fingerprints`, when the caller has them already."""
     count = len(records)
     columns: dict[str, pa.Array] = {}
     problems: list[tuple[int, str, str]] = []  # (position, api field, error)
-    for field in FIELDS:
+    for field, values in zip(FIELDS, _columns(records), strict=True):
         kind = KINDS[field.kind]
         arrow_type = pa.int64() if kind.int_range is not None else pa.string()
-        values = [record.get(field.api_name) for record in records]
         fast = _vectorised(kind, values) if count else None
         if fast is None:
             outputs = [pa.nulls(count, arrow_type) for _ in field.columns]
@@ -447,8 +505,8 @@ def normalise_records(
             columns[name] = _patch(output, patch, arrow_type)
     texts = list(payloads) if payloads is not None else raw_payloads(records)
     columns["raw"] = pa.array(texts, type=pa.string())
-    hashes = ["\\x" + digest.hex() for digest in fingerprints(texts)]  # bytea hex input
-    columns[FINGERPRINT] = pa.array(hashes, type=pa.string())
+    digests = hashes if hashes is not None else fingerprints(texts)
+    columns[FINGERPRINT] = pa.array(["\\x" + d.hex() for d in digests], type=pa.string())
     table = pa.table(columns)
     task_ids: list[int | None] = columns["task_id"].to_pylist() if problems else []
     rejects: list[Reject] = []
@@ -477,6 +535,5 @@ def normalise_records(
         frame = table.to_pandas(types_mapper=pd.ArrowDtype)
         keyed = frame["task_id"].notna().to_numpy(dtype=bool)
         frame = frame[keyed].drop_duplicates("task_id", keep="last").reset_index(drop=True)
-    else:
-        frame = table.to_pandas(types_mapper=pd.ArrowDtype)
-    return NormalisedWindow(frame=frame, rejects=rejects)
+        table = pa.Table.from_pandas(frame, preserve_index=False).cast(table.schema)
+    return NormalisedWindow(table=table, rejects=rejects)

@@ -47,6 +47,7 @@ def write(
     time_zone: str = TIME_ZONE,
     stats: FetchStats | None = None,
     run_id: str | None = None,
+    first_load: bool = False,
 ) -> WriteResult:
     """Normalise `records` and write them as the window of `day`, as a sync would."""
     if stats is None:
@@ -61,4 +62,5 @@ def write(
         stats=stats,
         started_at=datetime.now(UTC),
         run_id=run_id,
+        first_load=first_load,
     )
