@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -155,9 +156,14 @@ class LaafficClient:
 
     # -- one request -------------------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
+    def _transport(self) -> tuple[requests.Session, requests.PreparedRequest]:
+        """This thread's session and a request prepared once (URL, session headers), which each
+        attempt copies, signs and fills: `Session.request` would re-prepare and re-merge
+        settings every time (~0.15 ms a page)."""
+        transport: tuple[requests.Session, requests.PreparedRequest] | None = getattr(
+            self._local, "transport", None
+        )
+        if transport is None:
             session = requests.Session()
             # The environment (proxies, NO_PROXY, CA bundle) is read once here rather than on
             # every request, which with trust_env also stats ~/.netrc: ~0.25 ms per page.
@@ -166,13 +172,20 @@ class LaafficClient:
             if bundle and self.base_url.startswith("https:"):
                 session.verify = bundle  # (requests stats it on every request: only for TLS)
             session.trust_env = False
-            self._local.session = session
-        return session
+            template = session.prepare_request(
+                requests.Request(
+                    "POST",
+                    self.base_url + QUERY_PATH,
+                    headers={"Content-Type": "application/json;charset=UTF-8"},
+                )
+            )
+            transport = (session, template)
+            self._local.transport = transport
+        return transport
 
     def _headers(self) -> dict[str, str]:
         timestamp = str(int(self._clock()))
         return {
-            "Content-Type": "application/json;charset=UTF-8",
             "Api-Key": self._api_key,
             "Timestamp": timestamp,
             "Sign": sign(self._api_key, self._api_secret, timestamp),
@@ -180,12 +193,16 @@ class LaafficClient:
 
     def _post_once(self, body: dict[str, Any], context: str) -> Page:
         """One signed attempt. Raises a LaafficError subclass describing any failure."""
+        session, template = self._transport()
+        request = template.copy()  # (copies the headers too)
+        request.headers.update(self._headers())
+        request.prepare_body(data=json.dumps(body, allow_nan=False).encode(), files=None)
         try:
-            response = self._session().post(
-                self.base_url + QUERY_PATH,
-                json=body,
-                headers=self._headers(),
+            response = session.send(
+                request,
                 timeout=self.timeout_seconds,
+                allow_redirects=False,
+                proxies=session.proxies,
             )
         except requests.Timeout as exc:
             raise LaafficTransportError(

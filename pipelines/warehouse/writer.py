@@ -105,14 +105,21 @@ class WarehouseError(RuntimeError):
 
 
 def connect(url: str, **kwargs: Any) -> psycopg.Connection:
+    """A session for the pipeline. JIT compilation is off for it: the pipeline's statements are
+    short per-day lookups, which JIT made 3x slower (~5 ms compiling each) whenever table
+    statistics were stale, e.g. right after a backfill's bulk load."""
     try:
-        return psycopg.connect(url, **kwargs)
+        conn = psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WarehouseError(
             f"cannot connect to the warehouse at {redact(url)}: {first_line}. "
             "Check WAREHOUSE_URL and that the server is up."
         ) from None
+    conn.execute("SET jit = off")
+    if not conn.autocommit:
+        conn.commit()
+    return conn
 
 
 _migrated: set[str] = set()
@@ -310,10 +317,12 @@ def unchanged_records(
         stored: dict[int, bytes] = dict(
             conn.execute(
                 """
-                SELECT t.task_id, f.fingerprint FROM group_call_tasks AS t
-                JOIN group_call_task_fingerprints AS f ON f.task_id = t.task_id
+                SELECT t.task_id,
+                       (SELECT f.fingerprint FROM group_call_task_fingerprints AS f
+                        WHERE f.task_id = t.task_id)
+                FROM group_call_tasks AS t
                 WHERE t.created_date = %s
-                """,
+                """,  # a primary-key probe per row: never a scan of every fingerprint
                 (window_date,),
             ).fetchall()
         )
