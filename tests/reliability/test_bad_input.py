@@ -360,12 +360,15 @@ def test_a_persistent_bad_body_fails_clearly_and_writes_nothing(
 #: without bound, and must not take the test process down with it.
 ABSURD_TOTAL = """
 import json, os, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
 from pipelines.laaffic.client import LaafficClient
 from pipelines.laaffic.errors import LaafficError
 from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
 from pipelines.sync import day_window
 from datetime import date
+
+# 1 GB of address space beyond what the imports reserved (Arrow alone reserves ~1 GB up front)
+mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (mapped + 1_000_000_000, mapped + 1_000_000_000))
 
 with SimulatorServer(Simulator(SimulatorConfig(day_counts={date(2024, 6, 4): 30}))) as server:
     sim = server.simulator
