@@ -193,17 +193,13 @@ def sync_days(
                 else [False] * len(records)
             )
             changed = [i for i, keep in enumerate(same) if not keep]
-            if len(changed) == len(records):
-                normalised = normalise_records(
-                    records, log=log.warning if log else None, payloads=payloads, hashes=hashes
-                )
-            else:
-                normalised = normalise_records(
-                    [records[i] for i in changed],
-                    log=log.warning if log else None,
-                    payloads=[payloads[i] for i in changed],
-                    hashes=[hashes[i] for i in changed],
-                )
+            if len(changed) < len(records):  # only what changed is parsed and written
+                records = [records[i] for i in changed]
+                payloads = [payloads[i] for i in changed]
+                hashes = [hashes[i] for i in changed]
+            normalised = normalise_records(
+                records, log=log.warning if log else None, payloads=payloads, hashes=hashes
+            )
 
             def write(
                 day: date = day,
@@ -211,7 +207,7 @@ def sync_days(
                 normalised: NormalisedWindow = normalised,
                 started: datetime = started,
                 clock: float = clock,
-                skipped: int = len(records) - len(changed),
+                skipped: int = len(same) - len(changed),
                 first_load: bool = not stored_before,
             ) -> DaySync:
                 result = write_window(
