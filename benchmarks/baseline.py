@@ -157,11 +157,13 @@ def run(
     url = base_url.rstrip("/") + QUERY_PATH
     to_row = row_with_raw if keep_raw else row
     rows: list[tuple[Any, ...]] = []
+    started = time.perf_counter()
     with requests.Session() as session:
         day = first_day
         while day <= last_day:
             rows.extend(map(to_row, fetch_day(session, url, api_key, api_secret, day)))
             day += timedelta(days=1)
+    fetched = time.perf_counter()
     copy_sql = f"COPY baseline_stage ({STAGE_COLUMNS}{', raw' if keep_raw else ''}) FROM STDIN"
     with psycopg.connect(database_url) as conn:
         apply_migrations(conn)
@@ -172,7 +174,14 @@ def run(
                     copy.write_row(values)
             cur.execute(UPSERT, {"tz": time_zone})
             written = cur.rowcount
-    return {"rows": len(rows), "written": written, "raw": keep_raw}
+    loaded = time.perf_counter()
+    return {
+        "rows": len(rows),
+        "written": written,
+        "raw": keep_raw,
+        "fetch_seconds": round(fetched - started, 3),
+        "load_seconds": round(loaded - fetched, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,11 @@ syncing the same simulated data set into a fresh database, measured side by side
   3. dlt: `python -m benchmarks.dlt_contender` (rest_api source, merge, csv loader files).
 - Correctness: row count, distinct task ids and the sum of `taskSumPayFee` per currency in the
   contender's table equal the simulator's (regenerated in-process from the same seed).
+- Where the time goes: the pipeline's wall time split at its Dagster run's events (process
+  start-up, run set-up with its planned events, the asset step's sync, the per-partition
+  materialization events, the check steps, exit) and the baseline's (start-up, serial fetch,
+  COPY + upsert); from them, the in-run throughput ratio: the sync step against the baseline's
+  fetch + load, what concurrency and streaming change, without the fixed costs around them.
 - `--resync` runs the pipeline a second time on its database (unchanged data): speed-up vs the
   first sync, and rows rewritten (row versions whose xmin changed, and the sync log's
   inserted + updated).
@@ -58,6 +63,7 @@ from pipelines.laaffic.simulator import SimulatorConfig, TaskStore, even_day_cou
 from pipelines.warehouse.urls import redact, with_database
 
 ROOT = Path(__file__).resolve().parents[1]
+ASSET_STEP = "group_call_tasks"
 CONTENDERS = ("pipeline", "baseline", "dlt")
 API_KEY, API_SECRET = SimulatorConfig.api_key, SimulatorConfig.api_secret
 TIME_ZONE = "Asia/Shanghai"  # the pipeline's default LAAFFIC_TIMEZONE; the baseline uses it too
@@ -199,6 +205,8 @@ class Measured:
     rss_mb: float
     returncode: int
     timed_out: bool
+    started_at: float = 0.0  # epoch seconds
+    ended_at: float = 0.0
 
 
 def run_measured(command: list[str], env: dict[str, str], log: Path, timeout: float) -> Measured:
@@ -236,6 +244,8 @@ def run_measured(command: list[str], env: dict[str, str], log: Path, timeout: fl
         rss_mb=measured["maxrss_kb"] / 1024,  # Linux: kilobytes
         returncode=measured["returncode"],
         timed_out=timed_out.is_set(),
+        started_at=measured["started_at"],
+        ended_at=measured["ended_at"],
     )
 
 
@@ -345,6 +355,7 @@ class Run:
     load: float  # 1-minute load average when it started (this machine's other work)
     completed: bool = True  # the process exited 0 in time
     extra: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, in order (see `phases`)
 
     @property
     def rows_per_second(self) -> float:
@@ -503,6 +514,7 @@ def run_contender(
             correct, detail = check(expected, measured_totals(db_url, name))
         except psycopg.Error as exc:
             detail = f"could not read its table: {exc}"
+    timed = phases(name, measured, log, workdir) if correct else {}
     return Run(
         contender=name,
         repeat=repeat,
@@ -516,7 +528,66 @@ def run_contender(
         rows=expected.rows,
         load=load,
         completed=measured.returncode == 0 and not measured.timed_out,
+        phases=timed,
     )
+
+
+#: The pipeline's phases, from its Dagster run's event log (event timestamps) and the process's
+#: own start and end. "sync" is the asset step's body: every day read, normalised and committed.
+PIPELINE_PHASES = ("start-up", "run set-up", "sync", "materializations", "checks", "exit")
+#: The baseline's: its process start-up, then its serial fetch, then COPY + upsert.
+BASELINE_PHASES = ("start-up", "fetch", "load")
+
+
+def phases(name: str, measured: Measured, log: Path, workdir: Path) -> dict[str, float]:
+    """Where a correct run's wall time went (empty when it cannot be told)."""
+    if name == "pipeline":
+        return pipeline_phases(workdir / "dagster_home", measured)
+    if name == "baseline":
+        try:
+            result = json.loads(log.read_text().strip().splitlines()[-1])
+            fetch, load = float(result["fetch_seconds"]), float(result["load_seconds"])
+        except (OSError, ValueError, KeyError, IndexError):
+            return {}
+        return dict(zip(BASELINE_PHASES, (measured.wall - fetch - load, fetch, load), strict=True))
+    return {}
+
+
+def pipeline_phases(home: Path, measured: Measured) -> dict[str, float]:
+    """Split the latest run of the instance at `home` at its asset step's start, output and
+    success: before the step, Dagster creates the run and stores a planned event per partition;
+    after its output, one materialization event per partition; then the check steps."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(limit=1)
+        if not runs:
+            return {}
+        entries = instance.all_logs(runs[0].run_id)
+    marks: dict[str, float] = {}
+    for entry in entries:
+        event = entry.dagster_event
+        if event is None or event.step_key != ASSET_STEP:
+            continue
+        kind = event.event_type
+        if kind in (DagsterEventType.STEP_START, DagsterEventType.STEP_OUTPUT):
+            marks.setdefault(kind.value, entry.timestamp)
+        elif kind == DagsterEventType.STEP_SUCCESS:
+            marks[kind.value] = entry.timestamp
+    needed = ("STEP_START", "STEP_OUTPUT", "STEP_SUCCESS")
+    if not entries or any(key not in marks for key in needed):
+        return {}
+    points = (
+        measured.started_at,
+        entries[0].timestamp,
+        *(marks[key] for key in needed),
+        entries[-1].timestamp,
+        measured.ended_at,
+    )
+    return {
+        label: round(end - start, 3)
+        for label, start, end in zip(PIPELINE_PHASES, points[:-1], points[1:], strict=True)
+    }
 
 
 def _tail(log: Path, lines: int = 30) -> str:
@@ -588,6 +659,7 @@ class Summary:
     contender: str
     runs: int
     ok: int  # runs that finished with the right rows and sums
+    rows: int
     wall: float
     rows_per_second: float
     cpu: float
@@ -595,6 +667,7 @@ class Summary:
     api_cpu: float
     db_cpu: float | None
     extra: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def correct(self) -> bool:
@@ -613,10 +686,12 @@ def summarise(runs: list[Run]) -> Summary:
     for key in good[0].extra:
         extra[key] = max(r.extra.get(key, -1) for r in good)
     db = [r.db_cpu for r in good if r.db_cpu is not None]
+    timed = [r.phases for r in good if r.phases]
     return Summary(
         contender=runs[0].contender,
         runs=len(runs),
         ok=sum(r.correct for r in runs),
+        rows=runs[0].rows,
         wall=wall,
         rows_per_second=runs[0].rows / wall if wall else 0.0,
         cpu=statistics.median(r.cpu for r in good),
@@ -624,6 +699,7 @@ def summarise(runs: list[Run]) -> Summary:
         api_cpu=statistics.median(r.api_cpu for r in good),
         db_cpu=statistics.median(db) if len(db) == len(good) else None,
         extra=extra,
+        phases={k: statistics.median(t[k] for t in timed) for k in timed[0]} if timed else {},
     )
 
 
@@ -661,6 +737,13 @@ def report(summaries: dict[str, Summary], header: str) -> str:
         "(CPU s: the contender's process tree; API CPU s: the simulator meanwhile; DB CPU s: the "
         "PostgreSQL server meanwhile, when it runs on this machine)"
     )
+    timed = {name: s for name, s in summaries.items() if s.phases}
+    if timed:
+        lines += ["", "where the wall time went (seconds):"]
+        lines += [
+            f"  {name:<16}" + " | ".join(f"{k} {v:.2f}" for k, v in s.phases.items())
+            for name, s in timed.items()
+        ]
     pipeline = summaries.get("pipeline")
     if pipeline:
         lines.append("")
@@ -679,6 +762,17 @@ def report(summaries: dict[str, Summary], header: str) -> str:
                     f"({pipeline.rows_per_second:,.0f} vs {other.rows_per_second:,.0f} rows/s)"
                     + caveat
                 )
+        baseline = summaries.get("baseline")
+        sync = pipeline.phases.get("sync")
+        if baseline and sync and baseline.phases:
+            serial = baseline.phases["fetch"] + baseline.phases["load"]
+            rows = pipeline.rows
+            lines.append(
+                f"in-run throughput pipeline / baseline: {serial / sync:.2f}x ({rows / sync:,.0f} "
+                f"vs {rows / serial:,.0f} rows/s: the pipeline's sync step against the baseline's "
+                "fetch + load, each without its process start-up, and the pipeline without "
+                "Dagster's run set-up, materialization events and checks)"
+            )
         again = summaries.get("pipeline resync")
         if again and not (again.ok and pipeline.ok):
             lines.append("resync: failed or wrong (see above)")

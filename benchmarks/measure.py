@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     result_path, command = argv[0], argv[2:]
+    started_at = time.time()  # (epoch: to place the command's own timestamped events)
     started = time.perf_counter()
     pid = os.posix_spawn(command[0], command, dict(os.environ))
     _, status, usage = os.wait4(pid, 0)
@@ -36,6 +37,8 @@ def main(argv: list[str]) -> int:
                 "sys": usage.ru_stime,
                 "maxrss_kb": usage.ru_maxrss,
                 "returncode": code,
+                "started_at": started_at,
+                "ended_at": started_at + wall,
             },
             out,
         )
