@@ -1,7 +1,8 @@
-"""API records → typed, exact column values for `group_call_tasks`, per window, with pandas.
+"""API records → typed, exact column values for `group_call_tasks`, per window.
 
-Each field has one kind. A kind has a vectorised fast path (pandas string methods on
-Arrow-backed columns, which run in Arrow's C++ kernels) and an exact one-value reference
+Each field has one kind. A kind has a vectorised fast path (Arrow compute kernels on the whole
+column, in C++: what pandas' Arrow-backed string methods call, without pandas' overhead per call;
+pandas gives the DataFrame view and de-duplication) and an exact one-value reference
 (`parse_value`) that also words the error; values the fast path does not accept go through the
 reference, so the two always agree (a property test checks it). Amounts stay decimal *text*
 (e.g. "0.034827") until Postgres parses them into numeric: money never passes through binary
