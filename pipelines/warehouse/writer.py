@@ -180,7 +180,7 @@ def write_window(
             assert merged is not None
             inserted, updated = int(merged[0]), int(merged[1])
             cur.execute(UPSERT_FINGERPRINTS_SQL)
-        new_rejects = _write_rejects(cur, normalised, window_date, staged=not copied)
+        new_rejects = _write_rejects(cur, normalised, window_date)
         cur.execute(
             """
             SELECT (SELECT count(*) FROM group_call_tasks WHERE created_date = %(day)s),
@@ -239,16 +239,11 @@ def write_window(
     return result
 
 
-#: Earlier rejects of the window's tasks that this write did not refuse again are resolved.
-_RESOLVE_STAGED_REJECTS = b"""
+#: Earlier rejects of the window's tasks (the parameter: their ids, whichever path wrote them)
+#: that this write did not refuse again are resolved.
+_RESOLVE_REJECTS = b"""
     UPDATE group_call_task_rejects AS r SET resolved_at = now()
-    WHERE r.resolved_at IS NULL AND r.last_seen_at < now()
-      AND r.task_id IN (SELECT task_id FROM group_call_tasks_stage)
-"""
-_RESOLVE_COPIED_REJECTS = b"""
-    UPDATE group_call_task_rejects AS r SET resolved_at = now()
-    WHERE r.resolved_at IS NULL AND r.last_seen_at < now()
-      AND r.task_id IN (SELECT task_id FROM group_call_tasks WHERE created_date = %s)
+    WHERE r.resolved_at IS NULL AND r.last_seen_at < now() AND r.task_id = ANY(%s)
 """
 
 
@@ -267,12 +262,8 @@ def _copy_into_table(cur: psycopg.Cursor, normalised: NormalisedWindow, time_zon
     return True
 
 
-def _write_rejects(
-    cur: psycopg.Cursor, normalised: NormalisedWindow, window_date: date, *, staged: bool
-) -> int:
-    """Upsert this window's rejects; mark earlier ones of these tasks resolved. Returns new.
-    The window's tasks are in the staging table, or (a first load, `staged` false) they are
-    exactly the day's rows."""
+def _write_rejects(cur: psycopg.Cursor, normalised: NormalisedWindow, window_date: date) -> int:
+    """Upsert this window's rejects; mark earlier ones of these tasks resolved. Returns new."""
     new = 0
     for reject in normalised.rejects:
         cur.execute(
@@ -288,10 +279,7 @@ def _write_rejects(
         row = cur.fetchone()
         new += bool(row and row[0])
     # A reject of a task re-read in this window but not refused again is resolved.
-    if staged:
-        cur.execute(_RESOLVE_STAGED_REJECTS)
-    else:
-        cur.execute(_RESOLVE_COPIED_REJECTS, (window_date,))
+    cur.execute(_RESOLVE_REJECTS, (normalised.table["task_id"].to_pylist(),))
     return new
 
 
