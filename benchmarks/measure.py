@@ -38,7 +38,6 @@ def main(argv: list[str]) -> int:
                 "maxrss_kb": usage.ru_maxrss,
                 "returncode": code,
                 "started_at": started_at,
-                "ended_at": started_at + wall,
             },
             out,
         )
