@@ -24,7 +24,12 @@ from pipelines.warehouse.normalise import (
     raw_payloads,
 )
 from pipelines.warehouse.queries import days_with_rows
-from pipelines.warehouse.writer import WriteResult, unchanged_records, write_window
+from pipelines.warehouse.writer import (
+    WriteResult,
+    unchanged_records,
+    unchanged_window,
+    write_window,
+)
 
 
 def day_window(day: date) -> TimeWindow:
@@ -184,19 +189,26 @@ def sync_days(
                 raise
             read_next()
             records = fetched.records
-            payloads = raw_payloads(records)
-            hashes = fingerprints(payloads)
             stored_before = day in stored
-            same = (
-                writer.submit(unchanged_records, conn, day, time_zone, records, hashes).result()
-                if stored_before
-                else [False] * len(records)
-            )
-            changed = [i for i, keep in enumerate(same) if not keep]
-            if len(changed) < len(records):  # only what changed is parsed and written
-                records = [records[i] for i in changed]
-                payloads = [payloads[i] for i in changed]
-                hashes = [hashes[i] for i in changed]
+            if (
+                stored_before
+                and writer.submit(unchanged_window, conn, day, time_zone, fetched.digest).result()
+            ):  # the very pages the day's last sync read: nothing to parse or write
+                skipped, records, payloads, hashes = len(records), [], [], []
+            else:
+                payloads = raw_payloads(records)
+                hashes = fingerprints(payloads)
+                same = (
+                    writer.submit(unchanged_records, conn, day, time_zone, records, hashes).result()
+                    if stored_before
+                    else [False] * len(records)
+                )
+                changed = [i for i, keep in enumerate(same) if not keep]
+                skipped = len(records) - len(changed)
+                if skipped:  # only what changed is parsed and written
+                    records = [records[i] for i in changed]
+                    payloads = [payloads[i] for i in changed]
+                    hashes = [hashes[i] for i in changed]
             normalised = normalise_records(
                 records, log=log.warning if log else None, payloads=payloads, hashes=hashes
             )
@@ -207,7 +219,7 @@ def sync_days(
                 normalised: NormalisedWindow = normalised,
                 started: datetime = started,
                 clock: float = clock,
-                skipped: int = len(same) - len(changed),
+                skipped: int = skipped,
                 first_load: bool = not stored_before,
             ) -> DaySync:
                 result = write_window(
@@ -221,6 +233,7 @@ def sync_days(
                     run_id=run_id,
                     skipped_unchanged=skipped,
                     first_load=first_load,
+                    window_digest=fetched.digest,
                 )
                 return DaySync(
                     day, fetched.window, fetched.stats, result, time.perf_counter() - clock

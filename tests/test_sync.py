@@ -97,3 +97,41 @@ def test_days_are_committed_in_order_while_later_days_are_read_ahead(
     assert [d for (d,) in logged] == days
     expected = {t.task_id: t.record for d in days for t in simulator.simulator.store.day(d)}
     assert _stored(conn) == expected
+
+
+def _fingerprints(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM group_call_task_fingerprints").fetchone()[0]
+
+
+def test_resync_of_a_day_with_the_same_pages_skips_it_unread_unless_in_doubt(
+    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+) -> None:
+    first = sync_day(client, conn, DAY, time_zone=TZ)
+    total = first.fetch.api_total
+    logged = conn.execute(
+        "SELECT window_digest, partition_rows FROM group_call_sync_log ORDER BY sync_id DESC"
+    ).fetchone()
+    assert logged is not None and len(logged[0]) == 32 and logged[1] == total
+    # The fingerprints are what a record-by-record comparison reads and re-writes; a day whose
+    # pages are the ones its last sync read is not compared at all.
+    conn.execute("TRUNCATE group_call_task_fingerprints")
+    conn.commit()
+    before = _versions(conn)
+    again = sync_day(client, conn, DAY, time_zone=TZ)
+    assert (again.write.received, again.write.unchanged, again.write.updated) == (total, total, 0)
+    assert _fingerprints(conn) == 0
+    assert _versions(conn) == before
+
+    # Logged under other parsing rules: every record is compared (and re-parsed) again.
+    conn.execute("UPDATE group_call_sync_log SET normaliser_version = normaliser_version - 1")
+    conn.commit()
+    rederived = sync_day(client, conn, DAY, time_zone=TZ)
+    assert (rederived.write.received, rederived.write.updated) == (total, 0)
+    assert _fingerprints(conn) == total
+    assert _versions(conn) == before
+
+    # Tasks changed upstream: the pages differ, and exactly those tasks are written.
+    moved = simulator.simulator.store.advance([DAY], to_final=True)
+    assert moved > 0
+    changed = sync_day(client, conn, DAY, time_zone=TZ)
+    assert (changed.write.updated, changed.write.unchanged) == (moved, total - moved)

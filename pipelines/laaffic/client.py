@@ -95,9 +95,15 @@ class FetchStats:
 
 @dataclass
 class WindowResult:
+    """A window's records, what reading them cost, and `digest`: SHA-256 over the window's
+    pieces and the body of every page taken in, in the order taken. The records are a function
+    of exactly those bodies, so an equal digest means equal records; a re-sync that finds the
+    digest its day's last sync stored skips the day's records unread (see `pipelines.sync`)."""
+
     window: TimeWindow
     records: list[dict[str, Any]]
     stats: FetchStats
+    digest: bytes = b""
 
 
 class LaafficClient:
@@ -231,7 +237,7 @@ class LaafficClient:
         if code == 0:
             if envelope.data is None:
                 raise LaafficTransportError("code 0 but the response has no `data` page")
-            return envelope.data
+            return envelope.data.with_body_digest(response.content)
         error_class = API_ERRORS.get(code) if code is not None else None
         if error_class is None:
             raise LaafficUnknownCodeError(envelope.msg or "", code=envelope.code, context=context)
@@ -365,12 +371,18 @@ class LaafficClient:
         pieces = split_window(window, self.max_window_days)
         stats = FetchStats()
         records: list[dict[str, Any]] = []
+        digest = hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode())
         for piece in pieces:
-            records.extend(self._fetch_piece(piece, filters, stats))
-        return WindowResult(window=window, records=records, stats=stats)
+            digest.update(str(piece).encode())
+            records.extend(self._fetch_piece(piece, filters, stats, digest))
+        return WindowResult(window=window, records=records, stats=stats, digest=digest.digest())
 
     def _fetch_piece(
-        self, window: TimeWindow, filters: dict[str, Any], stats: FetchStats
+        self,
+        window: TimeWindow,
+        filters: dict[str, Any],
+        stats: FetchStats,
+        digest: hashlib._Hash,
     ) -> list[dict[str, Any]]:
         by_id: dict[Any, dict[str, Any]] = {}
         unkeyed: list[dict[str, Any]] = []
@@ -381,6 +393,7 @@ class LaafficClient:
         def absorb(page: Page) -> tuple[int, int]:
             """Keep a page's records; return (rows returned, rows whose taskId was new)."""
             nonlocal latest_total, pages_read
+            digest.update(page.body_sha256)
             latest_total = page.total
             pass_totals.append(page.total)
             pages_read += 1

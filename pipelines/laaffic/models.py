@@ -8,10 +8,11 @@ its data with it, tests validate against it). Unknown extra fields are allowed a
 from __future__ import annotations
 
 import functools
+import hashlib
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 LOCAL_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TASK_TYPE_AI_AGENT = 3
@@ -86,6 +87,17 @@ class Page(BaseModel):
     pages: int
     searchCount: bool | None = None
     records: list[dict[str, Any]]
+    _body_sha256: bytes = PrivateAttr(default=b"")
+
+    def with_body_digest(self, body: bytes) -> Page:
+        """Keep the SHA-256 of the HTTP body this page was parsed from: a window's page digests
+        tell a re-sync that nothing changed without looking at a record (`WindowResult`)."""
+        self._body_sha256 = hashlib.sha256(body).digest()
+        return self
+
+    @property
+    def body_sha256(self) -> bytes:
+        return self._body_sha256
 
 
 class ApiResponse(BaseModel):

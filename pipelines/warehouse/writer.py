@@ -148,10 +148,12 @@ def write_window(
     run_id: str | None = None,
     skipped_unchanged: int = 0,
     first_load: bool = False,
+    window_digest: bytes | None = None,
 ) -> WriteResult:
     """Stage, merge and log one window atomically. `skipped_unchanged` records were found
-    identical to the stored raw beforehand (see `unchanged_records`) and are not in
-    `normalised`: they count as received and unchanged.
+    identical to what was stored beforehand (see `unchanged_window`, `unchanged_records`) and
+    are not in `normalised`: they count as received and unchanged. `window_digest` (the
+    client's `WindowResult.digest`) is logged with the day's row count for the next re-sync.
 
     `first_load`: the caller found no stored row for the day, so the rows are tried with a
     plain COPY straight into the table (no staging, no merge: about a third of the server's
@@ -211,14 +213,15 @@ def write_window(
                 window_date, window_start, window_end, time_zone, normaliser_version,
                 api_total, pages, requests,
                 retries, received, inserted, updated, unchanged, rejected, new_rejects,
-                open_tasks, open_before, became_final, started_at, run_id
+                open_tasks, open_before, became_final, started_at, run_id,
+                window_digest, partition_rows
             ) VALUES (
                 %(window_date)s, %(window_start)s, %(window_end)s, %(time_zone)s,
                 %(normaliser_version)s, %(api_total)s,
                 %(pages)s, %(requests)s, %(retries)s, %(received)s, %(inserted)s, %(updated)s,
                 %(unchanged)s, %(rejected)s, %(new_rejects)s, %(open_tasks)s,
                 %(open_before)s, %(became_final)s, %(started_at)s,
-                %(run_id)s
+                %(run_id)s, %(window_digest)s, %(partition_rows)s
             )
             """,
             {
@@ -233,6 +236,7 @@ def write_window(
                 "retries": stats.retries,
                 "started_at": started_at,
                 "run_id": run_id,
+                "window_digest": window_digest,
                 **result.as_dict(),
             },
         )
@@ -281,6 +285,34 @@ def _write_rejects(cur: psycopg.Cursor, normalised: NormalisedWindow, window_dat
     # A reject of a task re-read in this window but not refused again is resolved.
     cur.execute(_RESOLVE_REJECTS, (normalised.table["task_id"].to_pylist(),))
     return new
+
+
+def unchanged_window(
+    conn: psycopg.Connection, window_date: date, time_zone: str, digest: bytes
+) -> bool:
+    """Whether the day's last sync read exactly these API pages (`WindowResult.digest`) with the
+    same time zone and parsing rules, and the day still holds the rows that sync left: then a
+    re-sync has nothing to parse, compare or write. In any doubt (no digest logged, rows deleted
+    or moved since) the answer is no and the records are compared one by one."""
+    with conn.transaction():
+        row = conn.execute(
+            """
+            SELECT (l.time_zone = %(time_zone)s AND l.normaliser_version = %(version)s
+                    AND l.window_digest = %(digest)s
+                    AND l.partition_rows = (SELECT count(*) FROM group_call_tasks
+                                            WHERE created_date = %(day)s)) IS TRUE
+            FROM group_call_sync_log AS l
+            WHERE l.window_date = %(day)s
+            ORDER BY l.sync_id DESC LIMIT 1
+            """,
+            {
+                "time_zone": time_zone,
+                "version": NORMALISER_VERSION,
+                "digest": digest,
+                "day": window_date,
+            },
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def unchanged_records(

@@ -194,3 +194,23 @@ def test_days_outside_the_configured_range_are_empty(serve: Serve) -> None:
     assert len(result.records) == 5
     assert {record["createdTime"][:10] for record in result.records} == {"2024-06-04"}
     assert date.fromisoformat(result.records[0]["createdTime"][:10]) == DAY
+
+
+def test_window_digest_is_the_same_for_the_same_pages_and_differs_with_any_change(
+    serve: Serve,
+) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 250, DAY + timedelta(days=1): 250}))
+    client = make_client(server, max_concurrency=4)
+    first = client.fetch_window(day_window())
+    assert len(first.digest) == 32
+    assert client.fetch_window(day_window()).digest == first.digest
+    assert make_client(server, max_concurrency=1).fetch_window(day_window()).digest == first.digest
+
+    next_day = day_window(DAY + timedelta(days=1))
+    assert client.fetch_window(next_day).digest != first.digest
+    # Fewer records a page: other page bodies, although the records are the same.
+    assert make_client(server, page_size=50).fetch_window(day_window()).digest != first.digest
+    # One field of one task.
+    (task, *_) = server.simulator.store.day(DAY)
+    task.update(taskName=f"{task.record['taskName']} (renamed)")
+    assert client.fetch_window(day_window()).digest != first.digest
