@@ -27,7 +27,7 @@ from pipelines.warehouse.queries import days_with_rows
 from pipelines.warehouse.writer import (
     WriteResult,
     unchanged_records,
-    unchanged_window,
+    write_unchanged_window,
     write_window,
 )
 
@@ -155,6 +155,10 @@ def sync_days(
     share the client's bounded pool) while this thread normalises one day and a writer thread,
     which alone uses `conn`, writes the previous one. At most `days_ahead + 3` windows are in
     memory, however long the range. If a day fails, nothing after it is written.
+
+    A stored day is re-synced in the cheapest way that is still exact: if its pages are the
+    very ones its last sync read (`write_unchanged_window`), it is only logged; otherwise its
+    records are hashed and only those that differ from what is stored are parsed and written.
     """
     wanted = list(days)
     stored = days_with_rows(conn, wanted)  # re-syncs compare with what is stored; others not
@@ -188,58 +192,68 @@ def sync_days(
                     yield written(writes.popleft())
                 raise
             read_next()
-            records = fetched.records
             stored_before = day in stored
-            if (
-                stored_before
-                and writer.submit(unchanged_window, conn, day, time_zone, fetched.digest).result()
-            ):  # the very pages the day's last sync read: nothing to parse or write
-                skipped, records, payloads, hashes = len(records), [], [], []
-            else:
-                payloads = raw_payloads(records)
-                hashes = fingerprints(payloads)
-                same = (
-                    writer.submit(unchanged_records, conn, day, time_zone, records, hashes).result()
-                    if stored_before
-                    else [False] * len(records)
-                )
-                changed = [i for i, keep in enumerate(same) if not keep]
-                skipped = len(records) - len(changed)
-                if skipped:  # only what changed is parsed and written
-                    records = [records[i] for i in changed]
-                    payloads = [payloads[i] for i in changed]
-                    hashes = [hashes[i] for i in changed]
-            normalised = normalise_records(
-                records, log=log.warning if log else None, payloads=payloads, hashes=hashes
-            )
 
-            def write(
-                day: date = day,
-                fetched: WindowResult = fetched,
-                normalised: NormalisedWindow = normalised,
-                started: datetime = started,
-                clock: float = clock,
-                skipped: int = skipped,
-                first_load: bool = not stored_before,
-            ) -> DaySync:
-                result = write_window(
+            def log_if_unchanged(
+                day: date = day, fetched: WindowResult = fetched, started: datetime = started
+            ) -> WriteResult | None:
+                return write_unchanged_window(
                     conn,
                     window_date=day,
                     window=fetched.window,
                     time_zone=time_zone,
-                    normalised=normalised,
+                    received=len(fetched.records),
                     stats=fetched.stats,
                     started_at=started,
                     run_id=run_id,
-                    skipped_unchanged=skipped,
-                    first_load=first_load,
                     window_digest=fetched.digest,
                 )
-                return DaySync(
-                    day, fetched.window, fetched.stats, result, time.perf_counter() - clock
+
+            # A day whose pages are the very ones its last sync read is only logged.
+            shortcut = writer.submit(log_if_unchanged).result() if stored_before else None
+            if shortcut is not None:
+                logged: Future[DaySync] = Future()
+                logged.set_result(
+                    DaySync(
+                        day, fetched.window, fetched.stats, shortcut, time.perf_counter() - clock
+                    )
+                )
+                writes.append(logged)
+            else:
+                records, payloads, hashes, skipped = _changed_records(
+                    writer, conn, day, time_zone, fetched.records, compare=stored_before
+                )
+                normalised = normalise_records(
+                    records, log=log.warning if log else None, payloads=payloads, hashes=hashes
                 )
 
-            writes.append(writer.submit(write))
+                def write(
+                    day: date = day,
+                    fetched: WindowResult = fetched,
+                    normalised: NormalisedWindow = normalised,
+                    started: datetime = started,
+                    clock: float = clock,
+                    skipped: int = skipped,
+                    first_load: bool = not stored_before,
+                ) -> DaySync:
+                    result = write_window(
+                        conn,
+                        window_date=day,
+                        window=fetched.window,
+                        time_zone=time_zone,
+                        normalised=normalised,
+                        stats=fetched.stats,
+                        started_at=started,
+                        run_id=run_id,
+                        skipped_unchanged=skipped,
+                        first_load=first_load,
+                        window_digest=fetched.digest,
+                    )
+                    return DaySync(
+                        day, fetched.window, fetched.stats, result, time.perf_counter() - clock
+                    )
+
+                writes.append(writer.submit(write))
             while writes and (writes[0].done() or len(writes) > 1):
                 yield written(writes.popleft())
         while writes:
@@ -250,3 +264,29 @@ def sync_days(
             read.cancel()
         writer.shutdown(wait=True, cancel_futures=True)
         fetchers.shutdown(wait=True, cancel_futures=True)
+
+
+def _changed_records(
+    writer: ThreadPoolExecutor,
+    conn: psycopg.Connection,
+    day: date,
+    time_zone: str,
+    records: list[dict[str, Any]],
+    *,
+    compare: bool,
+) -> tuple[list[dict[str, Any]], list[bytes], list[bytes], int]:
+    """The records to parse and write, their payloads and hashes, and how many were skipped:
+    with `compare`, those whose hash equals the one stored for their task are left out (the
+    lookup runs on the writer thread, which alone uses `conn`)."""
+    payloads = raw_payloads(records)
+    hashes = fingerprints(payloads)
+    if not compare:
+        return records, payloads, hashes, 0
+    same = writer.submit(unchanged_records, conn, day, time_zone, records, hashes).result()
+    changed = [i for i, keep in enumerate(same) if not keep]
+    skipped = len(records) - len(changed)
+    if skipped:
+        records = [records[i] for i in changed]
+        payloads = [payloads[i] for i in changed]
+        hashes = [hashes[i] for i in changed]
+    return records, payloads, hashes, skipped

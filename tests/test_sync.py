@@ -121,6 +121,21 @@ def test_resync_of_a_day_with_the_same_pages_skips_it_unread_unless_in_doubt(
     assert (again.write.received, again.write.unchanged, again.write.updated) == (total, total, 0)
     assert _fingerprints(conn) == 0
     assert _versions(conn) == before
+    # ... and logged with the day's figures, as a full comparison would have.
+    open_now = conn.execute(
+        "SELECT count(*) FROM group_call_tasks WHERE status IN (0, 1, 5, 6)"
+    ).fetchone()[0]
+    assert open_now > 0
+    assert (again.write.open_tasks, again.write.open_before, again.write.partition_rows) == (
+        open_now,
+        open_now,
+        total,
+    )
+    relogged = conn.execute(
+        "SELECT received, inserted, updated, unchanged, open_tasks, partition_rows, window_digest"
+        " FROM group_call_sync_log ORDER BY sync_id DESC LIMIT 1"
+    ).fetchone()
+    assert relogged == (total, 0, 0, total, open_now, total, logged[0])
 
     # Logged under other parsing rules: every record is compared (and re-parsed) again.
     conn.execute("UPDATE group_call_sync_log SET normaliser_version = normaliser_version - 1")

@@ -151,7 +151,7 @@ def write_window(
     window_digest: bytes | None = None,
 ) -> WriteResult:
     """Stage, merge and log one window atomically. `skipped_unchanged` records were found
-    identical to what was stored beforehand (see `unchanged_window`, `unchanged_records`) and
+    identical to what was stored beforehand (see `unchanged_records`) and
     are not in `normalised`: they count as received and unchanged. `window_digest` (the
     client's `WindowResult.digest`) is logged with the day's row count for the next re-sync.
 
@@ -208,37 +208,9 @@ def write_window(
             partition_rows=int(counted[0]),
         )
         cur.execute(
-            """
-            INSERT INTO group_call_sync_log (
-                window_date, window_start, window_end, time_zone, normaliser_version,
-                api_total, pages, requests,
-                retries, received, inserted, updated, unchanged, rejected, new_rejects,
-                open_tasks, open_before, became_final, started_at, run_id,
-                window_digest, partition_rows
-            ) VALUES (
-                %(window_date)s, %(window_start)s, %(window_end)s, %(time_zone)s,
-                %(normaliser_version)s, %(api_total)s,
-                %(pages)s, %(requests)s, %(retries)s, %(received)s, %(inserted)s, %(updated)s,
-                %(unchanged)s, %(rejected)s, %(new_rejects)s, %(open_tasks)s,
-                %(open_before)s, %(became_final)s, %(started_at)s,
-                %(run_id)s, %(window_digest)s, %(partition_rows)s
-            )
-            """,
-            {
-                "window_date": window_date,
-                "window_start": window.start,
-                "window_end": window.end,
-                "time_zone": time_zone,
-                "normaliser_version": NORMALISER_VERSION,
-                "api_total": stats.api_total,
-                "pages": stats.pages,
-                "requests": stats.requests,
-                "retries": stats.retries,
-                "started_at": started_at,
-                "run_id": run_id,
-                "window_digest": window_digest,
-                **result.as_dict(),
-            },
+            _LOG_SYNC,
+            _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest)
+            | result.as_dict(),
         )
     return result
 
@@ -287,32 +259,118 @@ def _write_rejects(cur: psycopg.Cursor, normalised: NormalisedWindow, window_dat
     return new
 
 
-def unchanged_window(
-    conn: psycopg.Connection, window_date: date, time_zone: str, digest: bytes
-) -> bool:
-    """Whether the day's last sync read exactly these API pages (`WindowResult.digest`) with the
-    same time zone and parsing rules, and the day still holds the rows that sync left: then a
-    re-sync has nothing to parse, compare or write. In any doubt (no digest logged, rows deleted
-    or moved since) the answer is no and the records are compared one by one."""
+def write_unchanged_window(
+    conn: psycopg.Connection,
+    *,
+    window_date: date,
+    window: TimeWindow,
+    time_zone: str,
+    received: int,
+    stats: FetchStats,
+    started_at: datetime,
+    run_id: str | None = None,
+    window_digest: bytes,
+) -> WriteResult | None:
+    """A re-sync's shortcut, in one statement: if the day's last sync read exactly these API
+    pages (`window_digest`, see `WindowResult.digest`) with the same time zone and parsing rules,
+    and the day still holds the rows that sync left, log this sync (all `received` records
+    unchanged) and return what it did. Otherwise write nothing and return None: in any doubt
+    (no digest logged, rows deleted or moved since) the records are compared one by one."""
     with conn.transaction():
         row = conn.execute(
-            """
-            SELECT (l.time_zone = %(time_zone)s AND l.normaliser_version = %(version)s
-                    AND l.window_digest = %(digest)s
-                    AND l.partition_rows = (SELECT count(*) FROM group_call_tasks
-                                            WHERE created_date = %(day)s)) IS TRUE
-            FROM group_call_sync_log AS l
-            WHERE l.window_date = %(day)s
-            ORDER BY l.sync_id DESC LIMIT 1
-            """,
-            {
-                "time_zone": time_zone,
-                "version": NORMALISER_VERSION,
-                "digest": digest,
-                "day": window_date,
-            },
+            _LOG_UNCHANGED_SYNC,
+            _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest)
+            | {"received": received},
         ).fetchone()
-    return bool(row and row[0])
+    if row is None:
+        return None
+    open_tasks, partition_rows = int(row[0]), int(row[1])
+    return WriteResult(
+        received=received,
+        inserted=0,
+        updated=0,
+        unchanged=received,
+        rejected=0,
+        new_rejects=0,
+        open_tasks=open_tasks,
+        open_before=open_tasks,
+        became_final=0,
+        partition_rows=partition_rows,
+    )
+
+
+#: `group_call_sync_log` columns a sync writes (the rest are generated).
+_LOG_COLUMNS = (
+    "window_date", "window_start", "window_end", "time_zone", "normaliser_version",
+    "api_total", "pages", "requests", "retries", "received", "inserted", "updated",
+    "unchanged", "rejected", "new_rejects", "open_tasks", "open_before", "became_final",
+    "started_at", "run_id", "window_digest", "partition_rows",
+)  # fmt: skip
+_LOG_SYNC = sql.SQL("INSERT INTO group_call_sync_log ({}) VALUES ({})").format(
+    sql.SQL(", ").join(map(sql.Identifier, _LOG_COLUMNS)),
+    sql.SQL(", ").join(map(sql.Placeholder, _LOG_COLUMNS)),
+)
+#: The day's figures for an unchanged sync; every other column is a parameter, as in _LOG_SYNC.
+_UNCHANGED_FIGURES = {
+    "inserted": "0",
+    "updated": "0",
+    "unchanged": "%(received)s",
+    "rejected": "0",
+    "new_rejects": "0",
+    "open_tasks": "day.open_tasks",
+    "open_before": "day.open_tasks",
+    "became_final": "0",
+    "partition_rows": "day.partition_rows",
+}
+_LOG_UNCHANGED_SYNC = sql.SQL(
+    """
+    WITH last AS (
+        SELECT time_zone, normaliser_version, window_digest, partition_rows
+        FROM group_call_sync_log WHERE window_date = %(window_date)s
+        ORDER BY sync_id DESC LIMIT 1
+    ), day AS (
+        SELECT count(*) AS partition_rows,
+               count(*) FILTER (WHERE status IN (0, 1, 5, 6)) AS open_tasks
+        FROM group_call_tasks WHERE created_date = %(window_date)s
+    )
+    INSERT INTO group_call_sync_log ({columns})
+    SELECT {values} FROM last, day
+    WHERE last.time_zone = %(time_zone)s AND last.normaliser_version = %(normaliser_version)s
+      AND last.window_digest = %(window_digest)s AND last.partition_rows = day.partition_rows
+    RETURNING open_tasks, partition_rows
+    """
+).format(
+    columns=sql.SQL(", ").join(map(sql.Identifier, _LOG_COLUMNS)),
+    values=sql.SQL(", ").join(
+        sql.SQL(_UNCHANGED_FIGURES[c]) if c in _UNCHANGED_FIGURES else sql.Placeholder(c)
+        for c in _LOG_COLUMNS
+    ),
+)
+
+
+def _log_params(
+    window_date: date,
+    window: TimeWindow,
+    time_zone: str,
+    stats: FetchStats,
+    started_at: datetime,
+    run_id: str | None,
+    window_digest: bytes | None,
+) -> dict[str, Any]:
+    return {
+        "window_date": window_date,
+        "window_start": window.start,
+        "window_end": window.end,
+        "time_zone": time_zone,
+        "normaliser_version": NORMALISER_VERSION,
+        "api_total": stats.api_total,
+        "pages": stats.pages,
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "started_at": started_at,
+        "run_id": run_id,
+        "window_digest": window_digest,
+    }
 
 
 def unchanged_records(
