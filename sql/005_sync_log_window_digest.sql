@@ -10,3 +10,8 @@ COMMENT ON COLUMN group_call_sync_log.window_digest IS
     'has nothing to parse or write). NULL before it was recorded.';
 COMMENT ON COLUMN group_call_sync_log.partition_rows IS
     'Rows of group_call_tasks with this created_date after the sync. NULL before it was recorded.';
+
+COMMENT ON TABLE group_call_task_fingerprints IS
+    'Internal to the pipeline: a 128-bit BLAKE2b hash of each task''s record as last written, so '
+    're-syncs of a day whose pages changed skip its unchanged records cheaply. Safe to truncate '
+    '(the next sync of a changed day re-parses all of that day''s records).';
