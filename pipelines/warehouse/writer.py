@@ -151,9 +151,9 @@ def write_window(
     window_digest: bytes | None = None,
 ) -> WriteResult:
     """Stage, merge and log one window atomically. `skipped_unchanged` records were found
-    identical to what was stored beforehand (see `unchanged_records`) and
-    are not in `normalised`: they count as received and unchanged. `window_digest` (the
-    client's `WindowResult.digest`) is logged with the day's row count for the next re-sync.
+    identical to what was stored beforehand (see `unchanged_records`) and are not in
+    `normalised`: they count as received and unchanged. `window_digest` (the client's
+    `WindowResult.digest`) is logged with the day's row count, for the next re-sync.
 
     `first_load`: the caller found no stored row for the day, so the rows are tried with a
     plain COPY straight into the table (no staging, no merge: about a third of the server's
