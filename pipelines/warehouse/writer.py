@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
@@ -282,24 +282,11 @@ def write_unchanged_window(
             _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest)
             | {"received": received},
         ).fetchone()
-    if row is None:
-        return None
-    open_tasks, partition_rows = int(row[0]), int(row[1])
-    return WriteResult(
-        received=received,
-        inserted=0,
-        updated=0,
-        unchanged=received,
-        rejected=0,
-        new_rejects=0,
-        open_tasks=open_tasks,
-        open_before=open_tasks,
-        became_final=0,
-        partition_rows=partition_rows,
-    )
+    return None if row is None else WriteResult(*map(int, row))
 
 
-#: `group_call_sync_log` columns a sync writes (the rest are generated).
+#: `group_call_sync_log` columns a sync writes (the rest are generated); every `WriteResult`
+#: field is one of them.
 _LOG_COLUMNS = (
     "window_date", "window_start", "window_end", "time_zone", "normaliser_version",
     "api_total", "pages", "requests", "retries", "received", "inserted", "updated",
@@ -337,9 +324,10 @@ _LOG_UNCHANGED_SYNC = sql.SQL(
     SELECT {values} FROM last, day
     WHERE last.time_zone = %(time_zone)s AND last.normaliser_version = %(normaliser_version)s
       AND last.window_digest = %(window_digest)s AND last.partition_rows = day.partition_rows
-    RETURNING open_tasks, partition_rows
+    RETURNING {figures}
     """
 ).format(
+    figures=sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(WriteResult)),
     columns=sql.SQL(", ").join(map(sql.Identifier, _LOG_COLUMNS)),
     values=sql.SQL(", ").join(
         sql.SQL(_UNCHANGED_FIGURES[c]) if c in _UNCHANGED_FIGURES else sql.Placeholder(c)
