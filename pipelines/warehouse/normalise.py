@@ -2,7 +2,7 @@
 
 Each field has one kind. A kind has a vectorised fast path (Arrow compute kernels on the whole
 column, in C++: what pandas' Arrow-backed string methods call, without pandas' overhead per call;
-pandas gives the DataFrame view and de-duplication) and an exact one-value reference
+pandas gives the DataFrame view, imported only when asked for) and an exact one-value reference
 (`parse_value`) that also words the error; values the fast path does not accept go through the
 reference, so the two always agree (a property test checks it). Amounts stay decimal *text*
 (e.g. "0.034827") until Postgres parses them into numeric: money never passes through binary
@@ -22,16 +22,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import blake2b
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pa_csv
 from pydantic_core import PydanticSerializationError, to_json
 
 from pipelines.laaffic.models import OPEN_STATUSES
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used: the DataFrame views only
 
 #: Bump when the parsing rules change: each day's rows are then rewritten on its next sync
 #: (records identical to the stored raw are otherwise not re-parsed).
@@ -230,20 +232,25 @@ class NormalisedWindow:
 
     @functools.cached_property
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return self.table.to_pandas(types_mapper=pd.ArrowDtype)
 
     @property
     def rows(self) -> pd.DataFrame:
         """Every value as its text (what Postgres is given) or None."""
+        import pandas as pd
+
+        as_text = pd.ArrowDtype(pa.string())
         text = pd.DataFrame(
-            {name: self.frame[name].astype(_TEXT) for name in STAGE_COLUMNS},
+            {name: self.frame[name].astype(as_text) for name in STAGE_COLUMNS},
             columns=list(STAGE_COLUMNS),
         ).astype(object)
         return text.where(text.notna(), None)
 
     @property
     def open_tasks(self) -> int:
-        return int(pc.sum(pc.is_in(self.table["status"], _OPEN_CODES)).as_py() or 0)
+        return int(pc.sum(pc.is_in(self.table["status"], _open_codes())).as_py() or 0)
 
     def to_csv(self) -> bytes:
         """The rows as PostgreSQL `COPY … (FORMAT csv)` input for the staging table
@@ -263,7 +270,13 @@ class NormalisedWindow:
         return _csv(rows), _csv(self.table.select(["task_id", FINGERPRINT]))
 
 
-_OPEN_CODES = pa.array(sorted(OPEN_STATUSES), type=pa.int64())
+@functools.cache
+def _open_codes() -> pa.Array:
+    """Built on first use: any `pa.array` call makes pyarrow import pandas (~0.3 s), which a
+    process that never normalises (a code location, an unchanged re-sync) can skip."""
+    return pa.array(sorted(OPEN_STATUSES), type=pa.int64())
+
+
 _CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
 
 
@@ -341,9 +354,6 @@ PY_WHITESPACE = (
 )
 #: RE2: a character that is not Python white space (so the text is not blank).
 _NOT_PY_SPACE = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
-
-_TEXT = pd.ArrowDtype(pa.string())
-_INT = pd.ArrowDtype(pa.int64())
 
 #: Strict shapes the vectorised path accepts: no surrounding or inner white space, ASCII
 #: digits. Whatever else (white space, numbers sent as JSON numbers, garbage) goes through
@@ -533,8 +543,7 @@ def normalise_records(
     ids = columns["task_id"]
     if ids.null_count or pc.count_distinct(ids).as_py() != len(ids):
         # Rare: records without a usable taskId (reported above) or repeated in the window.
-        frame = table.to_pandas(types_mapper=pd.ArrowDtype)
-        keyed = frame["task_id"].notna().to_numpy(dtype=bool)
-        frame = frame[keyed].drop_duplicates("task_id", keep="last").reset_index(drop=True)
-        table = pa.Table.from_pandas(frame, preserve_index=False).cast(table.schema)
+        # Keep the last record of each taskId, where it stands.
+        last = {task_id: at for at, task_id in enumerate(ids.to_pylist()) if task_id is not None}
+        table = table.take(pa.array(sorted(last.values()), type=pa.int64()))
     return NormalisedWindow(table=table, rejects=rejects)
