@@ -12,7 +12,6 @@ no Dagster. No raw payload by default: `raw` (NOT NULL in the table) gets an emp
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import psycopg
 import requests
 
+from benchmarks.contender_cli import contender_parser
 from pipelines.laaffic.client import QUERY_PATH, sign
 from pipelines.warehouse.migrate import apply_migrations
 
@@ -185,13 +185,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--api-key", default="sim-key")
-    parser.add_argument("--api-secret", default="sim-secret")
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--first-day", type=date.fromisoformat, required=True)
-    parser.add_argument("--last-day", type=date.fromisoformat, required=True)
+    parser = contender_parser(__doc__)
     parser.add_argument("--time-zone", default="Asia/Shanghai")
     parser.add_argument("--raw", action="store_true", help="store each record as jsonb in raw")
     args = parser.parse_args(argv)

@@ -21,7 +21,6 @@ os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")
 os.environ.setdefault("NORMALIZE__DATA_WRITER__DISABLE_COMPRESSION", "true")
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 
-import argparse
 import json
 import re
 import sys
@@ -40,6 +39,7 @@ from dlt.sources.helpers.rest_client.paginators import PageNumberPaginator
 from dlt.sources.rest_api import rest_api_source
 from requests import PreparedRequest
 
+from benchmarks.contender_cli import contender_parser
 from pipelines.laaffic.client import QUERY_PATH, sign
 
 DATASET = "laaffic"
@@ -170,13 +170,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--api-key", default="sim-key")
-    parser.add_argument("--api-secret", default="sim-secret")
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--first-day", type=date.fromisoformat, required=True)
-    parser.add_argument("--last-day", type=date.fromisoformat, required=True)
+    parser = contender_parser(__doc__)
     parser.add_argument("--pipelines-dir", required=True)
     args = parser.parse_args(argv)
     result = run(
