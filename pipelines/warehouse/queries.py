@@ -6,8 +6,21 @@ from dataclasses import dataclass
 from datetime import date
 
 import psycopg
+from psycopg import sql
+
+from pipelines.laaffic.models import FINAL_STATUSES, OPEN_STATUSES
 
 TABLE = "group_call_tasks"
+
+#: A task still in progress / final, as SQL. The values are literals, not parameters: only then
+#: can PostgreSQL use the partial index on open tasks (sql/001), whose predicate a migration test
+#: keeps equal to IS_OPEN.
+IS_OPEN = sql.SQL("status IN ({})").format(
+    sql.SQL(", ").join(map(sql.Literal, sorted(OPEN_STATUSES)))
+)
+IS_FINAL = sql.SQL("status IN ({})").format(
+    sql.SQL(", ").join(map(sql.Literal, sorted(FINAL_STATUSES)))
+)
 
 
 @dataclass(frozen=True)
@@ -158,22 +171,24 @@ class OpenDay:
 
 
 def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[OpenDay]:
-    """Days in [since, until] whose stored tasks are still open (status 0, 1, 5, 6).
+    """Days in [since, until] whose stored tasks are still open (IS_OPEN).
 
     Reads the partial index on open tasks: the cost follows the open tasks, not the history.
     """
     rows = conn.execute(
-        """
-        SELECT o.created_date, o.open_tasks,
-               (SELECT max(sync_id) FROM group_call_sync_log AS l
-                WHERE l.window_date = o.created_date)
-        FROM (
-            SELECT created_date, count(*) AS open_tasks FROM group_call_tasks
-            WHERE status IN (0, 1, 5, 6) AND created_date BETWEEN %s AND %s
-            GROUP BY created_date
-        ) AS o
-        ORDER BY o.created_date
-        """,
+        sql.SQL(
+            """
+            SELECT o.created_date, o.open_tasks,
+                   (SELECT max(sync_id) FROM group_call_sync_log AS l
+                    WHERE l.window_date = o.created_date)
+            FROM (
+                SELECT created_date, count(*) AS open_tasks FROM group_call_tasks
+                WHERE {is_open} AND created_date BETWEEN %s AND %s
+                GROUP BY created_date
+            ) AS o
+            ORDER BY o.created_date
+            """
+        ).format(is_open=IS_OPEN),
         (since, until),
     ).fetchall()
     return [OpenDay(day, int(count), sync_id) for day, count, sync_id in rows]
@@ -184,15 +199,19 @@ def open_tasks_created_before(
 ) -> tuple[int, list[tuple[int, date, int]]]:
     """Tasks still open that were created before `before`: a count and examples."""
     row = conn.execute(
-        "SELECT count(*) FROM group_call_tasks WHERE status IN (0, 1, 5, 6) AND created_date < %s",
+        sql.SQL(
+            "SELECT count(*) FROM group_call_tasks WHERE {is_open} AND created_date < %s"
+        ).format(is_open=IS_OPEN),
         (before,),
     ).fetchone()
     examples = conn.execute(
-        """
-        SELECT task_id, created_date, status FROM group_call_tasks
-        WHERE status IN (0, 1, 5, 6) AND created_date < %s
-        ORDER BY created_date, task_id LIMIT %s
-        """,
+        sql.SQL(
+            """
+            SELECT task_id, created_date, status FROM group_call_tasks
+            WHERE {is_open} AND created_date < %s
+            ORDER BY created_date, task_id LIMIT %s
+            """
+        ).format(is_open=IS_OPEN),
         (before, limit),
     ).fetchall()
     return (int(row[0]) if row else 0), [(int(t), d, int(s)) for t, d, s in examples]

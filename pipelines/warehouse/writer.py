@@ -25,6 +25,7 @@ from pipelines.warehouse.normalise import (
     TABLE_COLUMNS,
     NormalisedWindow,
 )
+from pipelines.warehouse.queries import IS_FINAL, IS_OPEN
 from pipelines.warehouse.urls import redact
 
 UPSERT_SQL = (SQL_DIR / "dml" / "upsert_group_call_tasks.sql").read_bytes()
@@ -79,6 +80,16 @@ _COPY_TABLE = sql.SQL("COPY group_call_tasks ({columns}) FROM STDIN (FORMAT csv)
 _COPY_FINGERPRINTS = (
     b"COPY group_call_task_fingerprints (task_id, fingerprint) FROM STDIN (FORMAT csv)"
 )
+#: After a window's write: the day's rows, how many of its tasks that were open are now final,
+#: and how many are still open.
+_DAY_COUNTS = sql.SQL(
+    """
+    SELECT (SELECT count(*) FROM group_call_tasks WHERE created_date = %(day)s),
+           (SELECT count(*) FROM group_call_tasks
+            WHERE task_id = ANY(%(open_before)s) AND {is_final}),
+           (SELECT count(*) FROM group_call_tasks WHERE created_date = %(day)s AND {is_open})
+    """
+).format(is_final=IS_FINAL, is_open=IS_OPEN)
 
 
 @dataclass(frozen=True)
@@ -164,8 +175,10 @@ def write_window(
     with conn.transaction(), conn.cursor() as cur:
         # The day's stored in-progress tasks, before this sync refreshes them.
         cur.execute(
-            "SELECT coalesce(array_agg(task_id), '{}') FROM group_call_tasks "
-            "WHERE created_date = %s AND status IN (0, 1, 5, 6)",
+            sql.SQL(
+                "SELECT coalesce(array_agg(task_id), '{{}}') FROM group_call_tasks "
+                "WHERE created_date = %s AND {is_open}"
+            ).format(is_open=IS_OPEN),
             (window_date,),
         )
         open_row = cur.fetchone()
@@ -183,16 +196,7 @@ def write_window(
             inserted, updated = int(merged[0]), int(merged[1])
             cur.execute(UPSERT_FINGERPRINTS_SQL)
         new_rejects = _write_rejects(cur, normalised, window_date)
-        cur.execute(
-            """
-            SELECT (SELECT count(*) FROM group_call_tasks WHERE created_date = %(day)s),
-                   (SELECT count(*) FROM group_call_tasks
-                    WHERE task_id = ANY(%(open_before)s) AND status IN (2, 3, 4)),
-                   (SELECT count(*) FROM group_call_tasks
-                    WHERE created_date = %(day)s AND status IN (0, 1, 5, 6))
-            """,
-            {"day": window_date, "open_before": open_before},
-        )
+        cur.execute(_DAY_COUNTS, {"day": window_date, "open_before": open_before})
         counted = cur.fetchone()
         assert counted is not None
         result = WriteResult(
@@ -317,7 +321,7 @@ _LOG_UNCHANGED_SYNC = sql.SQL(
         ORDER BY sync_id DESC LIMIT 1
     ), day AS (
         SELECT count(*) AS partition_rows,
-               count(*) FILTER (WHERE status IN (0, 1, 5, 6)) AS open_tasks
+               count(*) FILTER (WHERE {is_open}) AS open_tasks
         FROM group_call_tasks WHERE created_date = %(window_date)s
     )
     INSERT INTO group_call_sync_log ({columns})
@@ -327,6 +331,7 @@ _LOG_UNCHANGED_SYNC = sql.SQL(
     RETURNING {figures}
     """
 ).format(
+    is_open=IS_OPEN,
     figures=sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(WriteResult)),
     columns=sql.SQL(", ").join(map(sql.Identifier, _LOG_COLUMNS)),
     values=sql.SQL(", ").join(

@@ -4,13 +4,17 @@ applies nothing and changes nothing."""
 from __future__ import annotations
 
 import hashlib
+import re
+from datetime import date
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from pipelines.laaffic.models import FINAL_STATUSES, STATUS_LABELS
+from pipelines.laaffic.models import FINAL_STATUSES, OPEN_STATUSES, STATUS_LABELS
 from pipelines.warehouse.migrate import apply_migrations, migration_files
+from pipelines.warehouse.queries import IS_OPEN
 
 TASKS = "group_call_tasks"
 REJECTS = "group_call_task_rejects"
@@ -244,6 +248,28 @@ def test_status_lookup_holds_the_documented_labels(migrated: psycopg.Connection)
     assert rows.fetchall() == [
         (code, label, code in FINAL_STATUSES) for code, label in sorted(STATUS_LABELS.items())
     ]
+
+
+def test_the_open_tasks_index_is_what_the_pipeline_calls_open(migrated: psycopg.Connection) -> None:
+    """The partial index of sql/001 lists the statuses itself; IS_OPEN must match it exactly
+    (and stay literal), or the open-task lookups of every sync and sensor tick scan the table."""
+    row = migrated.execute(
+        "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+        "WHERE indexrelid = 'group_call_tasks_open_idx'::regclass"
+    ).fetchone()
+    assert row is not None
+    assert sorted(map(int, re.findall(r"\d+", row[0]))) == sorted(OPEN_STATUSES)
+    migrated.execute("SET enable_seqscan = off")
+    try:
+        plan = migrated.execute(
+            sql.SQL(
+                "EXPLAIN SELECT count(*) FROM group_call_tasks WHERE {} AND created_date < %s"
+            ).format(IS_OPEN),
+            (date(2024, 1, 1),),
+        ).fetchall()
+    finally:
+        migrated.execute("RESET enable_seqscan")
+    assert "group_call_tasks_open_idx" in "\n".join(line for (line,) in plan)
 
 
 def test_reader_role_can_read_everything_and_write_nothing(migrated: psycopg.Connection) -> None:
