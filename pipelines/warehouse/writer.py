@@ -80,6 +80,11 @@ _COPY_TABLE = sql.SQL("COPY group_call_tasks ({columns}) FROM STDIN (FORMAT csv)
 _COPY_FINGERPRINTS = (
     b"COPY group_call_task_fingerprints (task_id, fingerprint) FROM STDIN (FORMAT csv)"
 )
+#: The day's stored in-progress tasks.
+_OPEN_TASKS = sql.SQL(
+    "SELECT coalesce(array_agg(task_id), '{{}}') FROM group_call_tasks "
+    "WHERE created_date = %s AND {is_open}"
+).format(is_open=IS_OPEN)
 #: After a window's write: the day's rows, how many of its tasks that were open are now final,
 #: and how many are still open.
 _DAY_COUNTS = sql.SQL(
@@ -174,13 +179,7 @@ def write_window(
     received = len(normalised)
     with conn.transaction(), conn.cursor() as cur:
         # The day's stored in-progress tasks, before this sync refreshes them.
-        cur.execute(
-            sql.SQL(
-                "SELECT coalesce(array_agg(task_id), '{{}}') FROM group_call_tasks "
-                "WHERE created_date = %s AND {is_open}"
-            ).format(is_open=IS_OPEN),
-            (window_date,),
-        )
+        cur.execute(_OPEN_TASKS, (window_date,))
         open_row = cur.fetchone()
         open_before: list[int] = list(open_row[0]) if open_row else []
         copied = first_load and not open_before and _copy_into_table(cur, normalised, time_zone)
