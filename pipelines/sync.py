@@ -60,6 +60,7 @@ class DaySync:
             "pages": self.fetch.pages,
             "requests": self.fetch.requests,
             "retries": self.fetch.retries,
+            "upstream_duplicates": self.fetch.upstream_duplicates,
             "received": self.write.received,
             "inserted": self.write.inserted,
             "updated": self.write.updated,

@@ -70,6 +70,12 @@ class SyncedWindow:
     api_total: int
     new_rejects: int
     run_id: str | None
+    upstream_duplicates: int = 0
+
+    @property
+    def expected_rows(self) -> int:
+        """The tasks the day holds: what the API reported, less the rows it listed twice."""
+        return self.api_total - self.upstream_duplicates
 
 
 def synced_windows(conn: psycopg.Connection, run_id: str | None) -> list[SyncedWindow]:
@@ -77,7 +83,8 @@ def synced_windows(conn: psycopg.Connection, run_id: str | None) -> list[SyncedW
     own), the latest sync of every day."""
     rows = conn.execute(
         """
-        SELECT DISTINCT ON (window_date) window_date, api_total, new_rejects, run_id
+        SELECT DISTINCT ON (window_date)
+               window_date, api_total, new_rejects, run_id, upstream_duplicates
         FROM group_call_sync_log
         WHERE run_id = %(run_id)s
            OR NOT EXISTS (SELECT 1 FROM group_call_sync_log WHERE run_id = %(run_id)s)
@@ -90,24 +97,25 @@ def synced_windows(conn: psycopg.Connection, run_id: str | None) -> list[SyncedW
 
 def row_count_mismatches(
     conn: psycopg.Connection, windows: list[SyncedWindow]
-) -> list[tuple[date, int, int]]:
-    """(day, API total, rows stored) for each window whose stored rows differ from the API."""
+) -> list[tuple[date, int, int, int]]:
+    """(day, API total, rows the API listed twice, rows stored) for each window whose stored
+    rows differ from what the API reported (a repeated row is stored once)."""
     if not windows:
         return []
-    totals = {w.window_date: w.api_total for w in windows}
+    by_day = {w.window_date: w for w in windows}
     counts: dict[date, int] = dict(
         conn.execute(
             """
             SELECT created_date, count(*) FROM group_call_tasks
             WHERE created_date = ANY(%s) GROUP BY created_date
             """,
-            (list(totals),),
+            (list(by_day),),
         ).fetchall()
     )
     return [
-        (day, total, int(counts.get(day, 0)))
-        for day, total in sorted(totals.items())
-        if int(counts.get(day, 0)) != total
+        (day, w.api_total, w.upstream_duplicates, int(counts.get(day, 0)))
+        for day, w in sorted(by_day.items())
+        if int(counts.get(day, 0)) != w.expected_rows
     ]
 
 

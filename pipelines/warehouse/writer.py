@@ -294,7 +294,7 @@ _LOG_COLUMNS = (
     "window_date", "window_start", "window_end", "time_zone", "normaliser_version",
     "api_total", "pages", "requests", "retries", "received", "inserted", "updated",
     "unchanged", "rejected", "new_rejects", "open_tasks", "open_before", "became_final",
-    "started_at", "run_id", "window_digest", "partition_rows",
+    "started_at", "run_id", "window_digest", "partition_rows", "upstream_duplicates",
 )  # fmt: skip
 _LOG_SYNC = sql.SQL("INSERT INTO group_call_sync_log ({}) VALUES ({})").format(
     sql.SQL(", ").join(map(sql.Identifier, _LOG_COLUMNS)),
@@ -359,6 +359,7 @@ def _log_params(
         "pages": stats.pages,
         "requests": stats.requests,
         "retries": stats.retries,
+        "upstream_duplicates": stats.upstream_duplicates,
         "started_at": started_at,
         "run_id": run_id,
         "window_digest": window_digest,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -148,7 +149,48 @@ def test_row_count_check_fails_when_a_day_lost_a_row(
         assert check.severity == AssetCheckSeverity.ERROR
         assert check.metadata["days_checked"].value == len(DAYS)
         assert check.metadata["days_mismatched"].value == 1
-        assert f"| {victim} | {api_total} | {api_total - 1} |" in _md(check, "mismatches")
+        assert f"| {victim} | {api_total} | 0 | {api_total - 1} |" in _md(check, "mismatches")
+
+
+def test_row_count_check_counts_a_task_the_api_listed_twice_once(
+    simulator: SimulatorServer, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = simulator.simulator.store
+    window = store.window
+
+    def listing_some_twice(start: str, end: str) -> list[Any]:
+        tasks: list[Any] = window(start, end)
+        return [*tasks, *tasks[::25]]  # every 25th task listed a second time, on the last page
+
+    monkeypatch.setattr(store, "window", listing_some_twice)
+    repeats = {day: len(store.day(day)[::25]) for day in DAYS}
+    with DagsterInstance.ephemeral() as instance:
+        evaluations = _sync(simulator, database_url, instance, DAYS)
+        _passed_all(evaluations)
+        assert evaluations["row_count_matches_api"].metadata["upstream_duplicates"].value == sum(
+            repeats.values()
+        )
+        with psycopg.connect(database_url) as conn:
+            logged = dict(
+                conn.execute(
+                    "SELECT window_date, upstream_duplicates FROM group_call_sync_log"
+                ).fetchall()
+            )
+            assert logged == repeats
+            # A row lost afterwards is still caught, the repeats shown beside the API's total.
+            victim = DAYS[0]
+            conn.execute(
+                "DELETE FROM group_call_tasks WHERE task_id = "
+                "(SELECT min(task_id) FROM group_call_tasks WHERE created_date = %s)",
+                (victim,),
+            )
+        check = _run_checks(simulator, database_url, instance, [row_count_matches_api])[
+            "row_count_matches_api"
+        ]
+        assert not check.passed
+        tasks = len(store.day(victim))
+        row = f"| {victim} | {tasks + repeats[victim]} | {repeats[victim]} | {tasks - 1} |"
+        assert row in _md(check, "mismatches")
 
 
 def test_no_new_rejects_fails_on_a_bad_fee_and_names_the_task(
