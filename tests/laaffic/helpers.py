@@ -10,7 +10,7 @@ import requests
 
 from pipelines.laaffic.client import QUERY_PATH, LaafficClient, sign
 from pipelines.laaffic.models import TimeWindow
-from pipelines.laaffic.simulator import SimulatorConfig, SimulatorServer
+from pipelines.laaffic.simulator import SimulatorConfig, SimulatorServer, _Task
 
 DAY = date(2024, 6, 4)
 
@@ -81,3 +81,19 @@ def raw_query(
     assert response.status_code == 200
     answer: dict[str, Any] = response.json()
     return answer
+
+
+def repeat_some_rows(server_store: Any, every: int) -> None:
+    """Make the store's answer list every `every`-th task twice (the API repeating rows)."""
+    window = server_store.window
+
+    def repeating(start: str, end: str) -> list[_Task]:
+        tasks: list[_Task] = window(start, end)
+        out: list[_Task] = []
+        for n, task in enumerate(tasks):
+            out.append(task)
+            if n % every == every - 1:
+                out.append(task)
+        return out
+
+    server_store.window = repeating

@@ -10,9 +10,9 @@ import pytest
 
 from pipelines.laaffic.errors import LaafficIncompleteWindowError
 from pipelines.laaffic.models import TaskRecord, TimeWindow
-from pipelines.laaffic.simulator import SimulatorConfig, _Task, fingerprint
+from pipelines.laaffic.simulator import SimulatorConfig, fingerprint
 from tests.laaffic.conftest import Serve
-from tests.laaffic.helpers import DAY, day_window, make_client
+from tests.laaffic.helpers import DAY, day_window, make_client, repeat_some_rows
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
@@ -122,28 +122,12 @@ def test_no_task_is_lost_when_tasks_are_created_while_paging(
     assert result.stats.api_total > 1234  # tasks really were created meanwhile
 
 
-def _repeat_some_rows(server_store: Any, every: int) -> None:
-    """Make the store's answer list every `every`-th task twice (the API repeating rows)."""
-    window = server_store.window
-
-    def repeating(start: str, end: str) -> list[_Task]:
-        tasks: list[_Task] = window(start, end)
-        out: list[_Task] = []
-        for n, task in enumerate(tasks):
-            out.append(task)
-            if n % every == every - 1:
-                out.append(task)
-        return out
-
-    server_store.window = repeating
-
-
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_upstream_duplicate_task_ids_are_kept_once_and_reported(
     serve: Serve, concurrency: int
 ) -> None:
     server = serve(SimulatorConfig(day_counts={DAY: 300}))
-    _repeat_some_rows(server.simulator.store, every=100)  # 3 repeats: the API reports 303
+    repeat_some_rows(server.simulator.store, every=100)  # 3 repeats: the API reports 303
 
     result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
 
