@@ -69,7 +69,8 @@ def group_call_tasks(
     context: AssetExecutionContext, laaffic: LaafficApiResource, warehouse: WarehouseResource
 ) -> MaterializeResult:
     """Sync every day of the run's partition range, each committed on its own (a failure keeps
-    the days already done), with each partition's own figures as its metadata."""
+    the days already done). Each partition's materialization carries that day's own figures; the
+    table-wide ones (row count, column schema) go once, on the run's last partition."""
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
     done: list[str] = []
@@ -94,8 +95,10 @@ def group_call_tasks(
         # Wrong credentials, IP, request or clock: retrying the step cannot help.
         kept = f"; {len(done)} day(s) were committed before it ({', '.join(done)})" if done else ""
         raise Failure(description=f"{exc}{kept}", allow_retries=False) from exc
-    return MaterializeResult(
-        metadata={
+    # Not in the MaterializeResult: its metadata would be copied onto every partition of the
+    # range (a year's backfill stored the 28-column schema 365 times, ~2.5 ms an event).
+    context.add_asset_metadata(
+        {
             "dagster/row_count": rows,
             "dagster/table_name": TABLE,
             "dagster/column_schema": TableSchema(
@@ -104,5 +107,7 @@ def group_call_tasks(
             "query": MetadataValue.md(
                 f"```sql\nSELECT * FROM {TABLE} WHERE created_date = '<partition>';\n```"
             ),
-        }
+        },
+        partition_key=done[-1],
     )
+    return MaterializeResult()

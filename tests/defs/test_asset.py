@@ -149,7 +149,6 @@ def test_range_in_one_run_gives_each_partition_its_own_figures(
             for r in records
         }
         assert sorted(per_partition) == WEEK
-        total = sum(counts.values())
         for day, metadata in per_partition.items():
             assert _value(metadata, "api_total") == counts[day], day
             assert _value(metadata, "dagster/partition_row_count") == counts[day], day
@@ -157,10 +156,21 @@ def test_range_in_one_run_gives_each_partition_its_own_figures(
             assert _value(metadata, "pages") == 1, day
             assert _value(metadata, "requests") == 1, day
             assert _value(metadata, "window") == f"[{day} 00:00:00 .. {day} 23:59:59]", day
-            assert _value(metadata, "dagster/row_count") == total
-            assert _value(metadata, "dagster/table_name") == "group_call_tasks"
         # Not one figure copied onto every partition: the api totals follow the days.
         assert [_value(per_partition[d], "api_total") for d in WEEK] == [counts[d] for d in WEEK]
+
+        # The table-wide figures are stored once, on the run's last partition, which is the
+        # asset's latest materialization (what the UI shows as its row count and columns).
+        table_wide = {"dagster/row_count", "dagster/column_schema", "dagster/table_name", "query"}
+        assert [d for d in WEEK if table_wide & per_partition[d].keys()] == [WEEK[-1]]
+        latest = instance.get_latest_materialization_event(AssetKey("group_call_tasks"))
+        assert latest is not None and latest.asset_materialization is not None
+        assert latest.asset_materialization.partition == WEEK[-1].isoformat()
+        metadata = dict(latest.asset_materialization.metadata)
+        assert _value(metadata, "dagster/row_count") == sum(counts.values())
+        assert _value(metadata, "dagster/table_name") == "group_call_tasks"
+        schema = _value(metadata, "dagster/column_schema")
+        assert "task_sum_pay_fee_amount" in [c.name for c in schema.columns]  # type: ignore[attr-defined]
 
 
 def test_run_without_credentials_fails_at_once_naming_them(database_url: str) -> None:
