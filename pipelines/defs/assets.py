@@ -96,7 +96,7 @@ def group_call_tasks(
         kept = f"; {len(done)} day(s) were committed before it ({', '.join(done)})" if done else ""
         raise Failure(description=f"{exc}{kept}", allow_retries=False) from exc
     # Not in the MaterializeResult: its metadata would be copied onto every partition of the
-    # range (a year's backfill stored the 28-column schema 365 times, ~2.5 ms an event).
+    # range (a year's backfill stored the 28-column schema 365 times, 1.8 to 2.7 ms an event).
     context.add_asset_metadata(
         {
             "dagster/row_count": rows,
