@@ -23,9 +23,9 @@ from pipelines.warehouse.normalise import (
     normalise_records,
     raw_payloads,
 )
-from pipelines.warehouse.queries import days_with_rows
 from pipelines.warehouse.writer import (
     WriteResult,
+    stored_days,
     unchanged_records,
     write_unchanged_window,
     write_window,
@@ -158,11 +158,13 @@ def sync_days(
     memory, however long the range. If a day fails, nothing after it is written.
 
     A stored day is re-synced in the cheapest way that is still exact: if its pages are the
-    very ones its last sync read (`write_unchanged_window`), it is only logged; otherwise its
-    records are hashed and only those that differ from what is stored are parsed and written.
+    very ones its last sync read (the client tells, from their digest, before parsing them) and
+    the day still holds what that sync left (`write_unchanged_window`), it is only logged;
+    otherwise its records are hashed and only those that differ from what is stored are parsed
+    and written.
     """
     wanted = list(days)
-    stored = days_with_rows(conn, wanted)  # re-syncs compare with what is stored; others not
+    stored = stored_days(conn, wanted, time_zone)  # re-syncs compare with what is stored
     progress = _Progress(log, len(wanted))
     reads: deque[tuple[date, datetime, float, Future[WindowResult]]] = deque()
     writes: deque[Future[DaySync]] = deque()
@@ -173,7 +175,9 @@ def sync_days(
     def read_next() -> None:
         day = next(upcoming, None)
         if day is not None:
-            future = fetchers.submit(client.fetch_window, day_window(day))
+            future = fetchers.submit(
+                client.fetch_window, day_window(day), expected_digest=stored.get(day) or None
+            )
             reads.append((day, datetime.now(UTC), time.perf_counter(), future))
 
     def written(future: Future[DaySync]) -> DaySync:
@@ -203,7 +207,7 @@ def sync_days(
                     window_date=day,
                     window=fetched.window,
                     time_zone=time_zone,
-                    received=len(fetched.records),
+                    received=fetched.received,
                     stats=fetched.stats,
                     started_at=started,
                     run_id=run_id,
@@ -212,6 +216,9 @@ def sync_days(
 
             # A day whose pages are the very ones its last sync read is only logged.
             shortcut = writer.submit(log_if_unchanged).result() if stored_before else None
+            if shortcut is None and fetched.unchanged:
+                # Its rows changed in the warehouse since (deleted, say): read it in full.
+                fetched = client.fetch_window(fetched.window)
             if shortcut is not None:
                 logged: Future[DaySync] = Future()
                 logged.set_result(

@@ -3,6 +3,8 @@
 One window is read completely: page 1 tells the total, the remaining pages are fetched with
 bounded concurrency, and because the API lists newest first (new tasks push older ones onto later
 pages) the client follows the latest `total` and re-reads until every task is accounted for.
+Re-reading a window whose digest is known (a re-sync), the pages are first only hashed: parsing
+is the larger part of the client's work, and unchanged pages need none.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import requests
 from pydantic import ValidationError
@@ -54,11 +56,27 @@ QUERY_PATH = "/voice/group/call/query"
 DEFAULT_BASE_URL = "https://api.laaffic.com"
 
 Logger = logging.Logger | logging.LoggerAdapter[Any] | Any
+_T = TypeVar("_T")
 
 
 def sign(api_key: str, api_secret: str, timestamp: str) -> str:
     """Lowercase hex md5(key + secret + timestamp), the vendor's `Sign` header."""
     return hashlib.md5((api_key + api_secret + timestamp).encode("utf-8")).hexdigest()  # noqa: S324
+
+
+def _reading(request: QueryRequest) -> str:
+    """What a request was doing, for error messages."""
+    return (
+        f"reading page {request.current} of window "
+        f"[{request.params.strTime} .. {request.params.endTime}]"
+    )
+
+
+class _Body(NamedTuple):
+    """A page's HTTP body, unparsed, and its SHA-256."""
+
+    content: bytes
+    sha256: bytes
 
 
 def split_window(window: TimeWindow, max_days: int) -> list[TimeWindow]:
@@ -104,6 +122,13 @@ class WindowResult:
     records: list[dict[str, Any]]
     stats: FetchStats
     digest: bytes = b""
+    #: The digest equalled the one the caller expected (`fetch_window(expected_digest=...)`), so
+    #: the records were left unparsed: `records` is empty and `received` tells how many there are.
+    unchanged: bool = False
+
+    @property
+    def received(self) -> int:
+        return self.stats.api_total if self.unchanged else len(self.records)
 
 
 class LaafficClient:
@@ -199,6 +224,10 @@ class LaafficClient:
 
     def _post_once(self, body: dict[str, Any], context: str) -> Page:
         """One signed attempt. Raises a LaafficError subclass describing any failure."""
+        return self._parse(self._send(body, context), context)
+
+    def _send(self, body: dict[str, Any], context: str) -> bytes:
+        """One signed HTTP exchange; the body of a 200 response, not yet looked at."""
         session, template = self._transport()
         request = template.copy()  # (copies the headers too)
         request.headers.update(self._headers())
@@ -225,10 +254,14 @@ class LaafficClient:
                 f"HTTP {response.status_code} from {self.base_url}{QUERY_PATH} while {context}: "
                 f"{response.text[:200]!r}; check LAAFFIC_BASE_URL"
             )
+        return response.content
+
+    def _parse(self, content: bytes, context: str) -> Page:
+        """A response body as a page, or the LaafficError its envelope describes."""
         try:
-            envelope = ApiResponse.model_validate_json(response.content)
+            envelope = ApiResponse.model_validate_json(content)
         except ValidationError as exc:
-            snippet = response.content[:120].decode("utf-8", "replace")
+            snippet = content[:120].decode("utf-8", "replace")
             raise LaafficTransportError(
                 f"response is not the documented JSON envelope ({exc.error_count()} problems, "
                 f"body starts {snippet!r})"
@@ -237,7 +270,7 @@ class LaafficClient:
         if code == 0:
             if envelope.data is None:
                 raise LaafficTransportError("code 0 but the response has no `data` page")
-            return envelope.data.with_body_digest(response.content)
+            return envelope.data.with_body_digest(content)
         error_class = API_ERRORS.get(code) if code is not None else None
         if error_class is None:
             raise LaafficUnknownCodeError(envelope.msg or "", code=envelope.code, context=context)
@@ -249,18 +282,26 @@ class LaafficClient:
 
     def query_page(self, request: QueryRequest, stats: FetchStats | None = None) -> Page:
         """POST one page, re-signing on -16 and retrying transient failures with back-off."""
-        stats = stats or FetchStats()
         body = request.body()
-        context = (
-            f"reading page {request.current} of window "
-            f"[{request.params.strTime} .. {request.params.endTime}]"
-        )
+        context = _reading(request)
+        return self._retrying(lambda: self._post_once(body, context), context, stats)
+
+    def _query_body(self, request: QueryRequest, stats: FetchStats) -> _Body:
+        """POST one page and keep its body unparsed (HTTP failures are retried as above; what the
+        body says is only looked at if its digest is not the one expected, see `_read_same`)."""
+        body = request.body()
+        context = _reading(request)
+        content = self._retrying(lambda: self._send(body, context), context, stats)
+        return _Body(content, hashlib.sha256(content).digest())
+
+    def _retrying(self, attempt: Callable[[], _T], context: str, stats: FetchStats | None) -> _T:
+        stats = stats or FetchStats()
         transient_failures = 0
         resigns = 0
         while True:
             stats.add(requests=1)
             try:
-                return self._post_once(body, context)
+                return attempt()
             except LaafficTimestampExpiredError:
                 resigns += 1
                 if resigns > self.max_timestamp_resigns:
@@ -330,31 +371,52 @@ class LaafficClient:
         filters: dict[str, Any],
         stats: FetchStats,
         sequential: bool = False,
+        bodies: dict[int, bytes] | None = None,
     ) -> Generator[Page, None, None]:
-        """Pages in order, fetched on the shared pool (one at a time if `sequential`)."""
-        pool = self._executor()
+        """Pages in order, fetched on the shared pool (one at a time if `sequential`). A page
+        whose body is in `bodies` (read already, see `_read_same`) is parsed from it instead,
+        and requested again only if that body is not a page (an API error, say)."""
         first = self._request(window, 1, filters)
+        bodies = bodies or {}
 
-        def read(number: int) -> Page:
-            return self.query_page(first.page(number), stats)
+        def reader(number: int) -> Callable[[], Page]:
+            body = bodies.pop(number, None)
 
+            def read() -> Page:
+                request = first.page(number)
+                if body is not None:
+                    try:
+                        return self._parse(body, _reading(request))
+                    except LaafficError:  # (an API error, say): asked again, as a retry
+                        stats.add(retries=1)
+                return self.query_page(request, stats)
+
+            return read
+
+        yield from self._in_order(pages, reader, sequential)
+
+    def _in_order(
+        self, numbers: range, reader: Callable[[int], Callable[[], _T]], sequential: bool
+    ) -> Generator[_T, None, None]:
+        """Run `reader(n)()` for each page number `n` on the shared pool, yielding the results in
+        page order. A sliding window of requests: however many pages there are, only a few are
+        scheduled ahead of the one being consumed."""
+        pool = self._executor()
         if sequential:
-            for number in pages:
-                yield pool.submit(read, number).result()
+            for number in numbers:
+                yield pool.submit(reader(number)).result()
             return
-        # A sliding window of requests: however many pages `total` claims, only a few are
-        # scheduled ahead of the one being consumed.
-        ahead: deque[Future[Page]] = deque()
-        numbers = iter(pages)
+        ahead: deque[Future[_T]] = deque()
+        remaining = iter(numbers)
         try:
-            for number in itertools.islice(numbers, 2 * self.max_concurrency):
-                ahead.append(pool.submit(read, number))
+            for number in itertools.islice(remaining, 2 * self.max_concurrency):
+                ahead.append(pool.submit(reader(number)))
             while ahead:
-                page = ahead.popleft().result()
-                following = next(numbers, None)
+                result = ahead.popleft().result()
+                following = next(remaining, None)
                 if following is not None:
-                    ahead.append(pool.submit(read, following))
-                yield page
+                    ahead.append(pool.submit(reader(following)))
+                yield result
         finally:
             for future in ahead:
                 future.cancel()  # a failed or abandoned page stops the window
@@ -366,16 +428,80 @@ class LaafficClient:
             page.total / self.page_size
         )
 
-    def fetch_window(self, window: TimeWindow, **filters: Any) -> WindowResult:
-        """Every task created in `window` (split into API-sized pieces), de-duplicated by taskId."""
+    def fetch_window(
+        self, window: TimeWindow, *, expected_digest: bytes | None = None, **filters: Any
+    ) -> WindowResult:
+        """Every task created in `window` (split into API-sized pieces), de-duplicated by taskId.
+
+        `expected_digest`, the digest of an earlier read of the same one-piece window (a day's
+        last sync), lets a re-read skip parsing: if the pages come back exactly as they were, the
+        result is `unchanged` and carries no records (see `_read_same`)."""
         pieces = split_window(window, self.max_window_days)
         stats = FetchStats()
         records: list[dict[str, Any]] = []
         digest = hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode())
+        bodies: dict[int, bytes] | None = {}
+        if expected_digest is not None and len(pieces) == 1:
+            bodies = self._read_same(pieces[0], filters, stats, digest.copy(), expected_digest)
+            if bodies is None:
+                return WindowResult(window, [], stats, expected_digest, unchanged=True)
         for piece in pieces:
             digest.update(str(piece).encode())
-            records.extend(self._fetch_piece(piece, filters, stats, digest))
+            records.extend(self._fetch_piece(piece, filters, stats, digest, bodies or {}))
         return WindowResult(window=window, records=records, stats=stats, digest=digest.digest())
+
+    def _read_same(
+        self,
+        window: TimeWindow,
+        filters: dict[str, Any],
+        stats: FetchStats,
+        digest: hashlib._Hash,
+        expected: bytes,
+    ) -> dict[int, bytes] | None:
+        """Read the window's pages 1..ceil(total / page size) without parsing them (page 1 and
+        the last only for their `total` and count). Return None if they are exactly the pages
+        whose digest is `expected`, a single complete pass. Otherwise return the bodies read,
+        by page number, which `_fetch_piece` parses instead of requesting them again.
+
+        Equal digests mean byte-identical bodies in the same order; the earlier read found
+        these bodies complete in one pass, and the last page's `total` and count confirm it,
+        so parsing them again would give the very records that read stored."""
+        first = self._request(window, 1, filters)
+        bodies = {1: self._executor().submit(self._query_body, first, stats).result()}
+        try:
+            page_one = self._parse(bodies[1].content, _reading(first))
+        except LaafficError:
+            return {1: bodies[1].content}  # (asked again by the full read, as a retry)
+        count = max(1, math.ceil(page_one.total / self.page_size))
+        numbers = range(2, count + 1)
+        for number, body in zip(
+            numbers,
+            self._in_order(
+                numbers,
+                lambda n: lambda: self._query_body(first.page(n), stats),
+                self.max_concurrency == 1,
+            ),
+            strict=True,
+        ):
+            bodies[number] = body
+        digest.update(str(window).encode())
+        for number in range(1, count + 1):
+            digest.update(bodies[number].sha256)
+        raw = {number: body.content for number, body in bodies.items()}
+        if digest.digest() != expected:
+            return raw
+        try:
+            last = page_one if count == 1 else self._parse(raw[count], _reading(first))
+        except LaafficError:
+            return raw
+        if last.total != page_one.total or (
+            len(last.records) != page_one.total - (count - 1) * self.page_size
+        ):
+            return raw
+        stats.api_total += page_one.total
+        stats.pages += count
+        stats.passes = max(stats.passes, 1)
+        return None
 
     def _fetch_piece(
         self,
@@ -383,7 +509,10 @@ class LaafficClient:
         filters: dict[str, Any],
         stats: FetchStats,
         digest: hashlib._Hash,
+        bodies: dict[int, bytes],
     ) -> list[dict[str, Any]]:
+        """Read one API-sized window completely (see the module docstring); the first pass
+        parses `bodies` (page number -> body already read) rather than requesting them."""
         by_id: dict[Any, dict[str, Any]] = {}
         unkeyed: list[dict[str, Any]] = []
         latest_total = 0
@@ -412,7 +541,7 @@ class LaafficClient:
         pass_totals: list[int] = []  # `total` of each page of the current pass, as read
         short_page: tuple[int, int, int] | None = None  # (page, records, total) ending early
         sequential = self.max_concurrency == 1  # re-read passes always are (see below)
-        (first,) = self._read_pages(window, range(1, 2), filters, stats, sequential=True)
+        (first,) = self._read_pages(window, range(1, 2), filters, stats, True, bodies)
         absorb(first)
         read_upto = 1
         passes = 1
@@ -420,7 +549,9 @@ class LaafficClient:
             # Follow the total as it grows: tasks created meanwhile push older ones back.
             while read_upto < math.ceil(latest_total / self.page_size) and not short_page:
                 wanted = range(read_upto + 1, math.ceil(latest_total / self.page_size) + 1)
-                with closing(self._read_pages(window, wanted, filters, stats, sequential)) as read:
+                with closing(
+                    self._read_pages(window, wanted, filters, stats, sequential, bodies)
+                ) as read:
                     for number, page in zip(wanted, read, strict=False):
                         absorb(page)
                         if self._ends_early(number, page):
@@ -466,6 +597,7 @@ class LaafficClient:
             pages_now = range(1, max(1, math.ceil(latest_total / self.page_size)) + 1)
             unkeyed.clear()
             pass_totals.clear()
+            bodies.clear()  # (a pass that re-reads asks again)
             # In page order: concurrent reads while tasks are created can skip rows between pages.
             sequential = True
             short_page = None

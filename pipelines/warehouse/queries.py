@@ -45,20 +45,6 @@ def table_columns(conn: psycopg.Connection, table: str = TABLE) -> list[Column]:
     return [Column(*row) for row in rows]
 
 
-def days_with_rows(conn: psycopg.Connection, days: list[date]) -> set[date]:
-    """Which of `days` already have tasks stored: one index probe per day (a DISTINCT over the
-    range would read every row's index entry, most of a second for a stored year)."""
-    if not days:
-        return set()
-    rows = conn.execute(
-        "SELECT d FROM unnest(%s::date[]) AS d "
-        "WHERE EXISTS (SELECT FROM group_call_tasks WHERE created_date = d)",
-        (days,),
-    ).fetchall()
-    conn.commit()
-    return {day for (day,) in rows}
-
-
 def table_row_count(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT count(*) FROM group_call_tasks").fetchone()
     return int(row[0]) if row else 0
