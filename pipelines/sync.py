@@ -176,7 +176,7 @@ def sync_days(
         day = next(upcoming, None)
         if day is not None:
             future = fetchers.submit(
-                client.fetch_window, day_window(day), expected_digest=stored.get(day) or None
+                client.fetch_window, day_window(day), expected_digest=stored.get(day)
             )
             reads.append((day, datetime.now(UTC), time.perf_counter(), future))
 

@@ -366,9 +366,11 @@ def _log_params(
     }
 
 
-def stored_days(conn: psycopg.Connection, days: list[date], time_zone: str) -> dict[date, bytes]:
+def stored_days(
+    conn: psycopg.Connection, days: list[date], time_zone: str
+) -> dict[date, bytes | None]:
     """Which of `days` already have tasks stored, each with the page digest its last sync logged
-    (empty when that sync used another time zone or parsing rules, or logged none): a re-sync
+    (None when that sync used another time zone or parsing rules, or logged none): a re-sync
     passes it to `LaafficClient.fetch_window` to learn, without parsing, that nothing changed.
     One index probe per day (a DISTINCT over the range would read every row's index entry, most
     of a second for a stored year)."""
@@ -376,18 +378,18 @@ def stored_days(conn: psycopg.Connection, days: list[date], time_zone: str) -> d
         return {}
     rows = conn.execute(
         """
-        SELECT d, coalesce((
+        SELECT d, (
             SELECT CASE WHEN l.time_zone = %s AND l.normaliser_version = %s
                         THEN l.window_digest END
             FROM group_call_sync_log AS l WHERE l.window_date = d
-            ORDER BY l.sync_id DESC LIMIT 1), '')
+            ORDER BY l.sync_id DESC LIMIT 1)
         FROM unnest(%s::date[]) AS d
         WHERE EXISTS (SELECT FROM group_call_tasks WHERE created_date = d)
         """,
         (time_zone, NORMALISER_VERSION, days),
     ).fetchall()
     conn.commit()
-    return {day: bytes(digest) for day, digest in rows}
+    return dict(rows)
 
 
 def unchanged_records(
