@@ -440,14 +440,15 @@ class LaafficClient:
         stats = FetchStats()
         records: list[dict[str, Any]] = []
         digest = hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode())
-        bodies: dict[int, bytes] | None = {}
+        bodies: dict[int, bytes] = {}  # read already, by page number (one piece only)
         if expected_digest is not None and len(pieces) == 1:
-            bodies = self._read_same(pieces[0], filters, stats, digest.copy(), expected_digest)
-            if bodies is None:
+            read = self._read_same(pieces[0], filters, stats, digest.copy(), expected_digest)
+            if read is None:
                 return WindowResult(window, [], stats, expected_digest, unchanged=True)
+            bodies = read
         for piece in pieces:
             digest.update(str(piece).encode())
-            records.extend(self._fetch_piece(piece, filters, stats, digest, bodies or {}))
+            records.extend(self._fetch_piece(piece, filters, stats, digest, bodies))
         return WindowResult(window=window, records=records, stats=stats, digest=digest.digest())
 
     def _read_same(
@@ -491,7 +492,7 @@ class LaafficClient:
         if digest.digest() != expected:
             return raw
         try:
-            last = page_one if count == 1 else self._parse(raw[count], _reading(first))
+            last = page_one if count == 1 else self._parse(raw[count], _reading(first.page(count)))
         except LaafficError:
             return raw
         if last.total != page_one.total or (
