@@ -217,8 +217,11 @@ def sync_days(
             # A day whose pages are the very ones its last sync read is only logged.
             shortcut = writer.submit(log_if_unchanged).result() if stored_before else None
             if shortcut is None and fetched.unchanged:
-                # Its rows changed in the warehouse since (deleted, say): read it in full.
-                fetched = client.fetch_window(fetched.window)
+                # Its rows changed in the warehouse since (deleted, say): read it in full. Both
+                # reads' requests are counted (the log's `requests` is every request made).
+                again = client.fetch_window(fetched.window)
+                again.stats.add(requests=fetched.stats.requests, retries=fetched.stats.retries)
+                fetched = again
             if shortcut is not None:
                 logged: Future[DaySync] = Future()
                 logged.set_result(

@@ -73,9 +73,17 @@ def test_resync_restores_a_deleted_row_and_rederives_on_a_new_time_zone(
     victim = conn.execute("SELECT min(task_id) FROM group_call_tasks").fetchone()[0]
     conn.execute("DELETE FROM group_call_tasks WHERE task_id = %s", (victim,))
     conn.commit()
+    simulator.simulator.reset_stats()
     again = sync_day(client, conn, DAY, time_zone=TZ)
     assert again.write.inserted == 1
     assert _stored(conn) == {t.task_id: t.record for t in simulator.simulator.store.day(DAY)}
+    # Its pages were unchanged, so the day was read twice (hashed, then in full): the log and
+    # the metadata count every request made, not only the second read's.
+    assert again.fetch.requests == simulator.simulator.stats.requests == 2 * again.fetch.pages
+    logged = conn.execute(
+        "SELECT requests FROM group_call_sync_log ORDER BY sync_id DESC LIMIT 1"
+    ).fetchone()
+    assert logged == (again.fetch.requests,)
 
     # Another account time zone: every created_time is re-derived, not skipped.
     moved = sync_day(client, conn, DAY, time_zone="UTC")
