@@ -35,9 +35,11 @@ from pipelines.laaffic.models import OPEN_STATUSES
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: the DataFrame views only
 
-#: Bump when the parsing rules change: each day's rows are then rewritten on its next sync
-#: (records identical to the stored raw are otherwise not re-parsed).
-NORMALISER_VERSION = 1
+#: Bump when the rules that derive a row from its record change: each day's rows are then
+#: re-derived on its next sync (records identical to the stored raw are otherwise not re-parsed).
+#: 2: createdTime is read in the account's zone with its summer time, where 1 read the zones
+#: CET, EET, MET and WET as PostgreSQL's fixed-offset abbreviations of the same names.
+NORMALISER_VERSION = 2
 
 INT32 = (-(2**31), 2**31 - 1)
 INT16 = (-(2**15), 2**15 - 1)
@@ -257,16 +259,13 @@ class NormalisedWindow:
         (STAGE_COLUMNS + FINGERPRINT): strings quoted, NULL empty."""
         return _csv(self.table)
 
-    def to_table_csv(self, time_zone: str) -> tuple[bytes, bytes]:
+    def to_table_csv(self) -> tuple[bytes, bytes]:
         """The rows as COPY input straight into `group_call_tasks` (TABLE_COLUMNS) and into
         `group_call_task_fingerprints` (task_id, fingerprint): for a first load, no staging.
-        `created_time` is given as "yyyy-MM-dd HH:mm:ss <IANA zone>", which PostgreSQL reads
-        exactly as the upsert's `created_local AT TIME ZONE zone` (DST gaps and folds too)."""
-        local = self.table["created_local"]
-        created = pc.binary_join_element_wise(local, pa.scalar(" " + time_zone), "")
-        rows = self.table.select(list(STAGE_COLUMNS)).set_column(
-            STAGE_COLUMNS.index("created_local"), "created_time", created
-        )
+        `created_time` is the local "yyyy-MM-dd HH:mm:ss", which PostgreSQL reads in the
+        transaction's TimeZone (the account's zone, see `write_window`), exactly as the upsert's
+        `created_local::timestamptz` (DST gaps and folds too)."""
+        rows = self.table.select(list(STAGE_COLUMNS))  # (no header: COPY names the columns)
         return _csv(rows), _csv(self.table.select(["task_id", FINGERPRINT]))
 
 

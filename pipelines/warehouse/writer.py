@@ -81,6 +81,8 @@ _COPY_FINGERPRINTS = (
     b"COPY group_call_task_fingerprints (task_id, fingerprint) FROM STDIN (FORMAT csv)"
 )
 #: The day's stored in-progress tasks.
+#: For the rest of the transaction only (`is_local`).
+_ACCOUNT_TIME_ZONE = b"SELECT set_config('TimeZone', %s, true)"
 _OPEN_TASKS = sql.SQL(
     "SELECT coalesce(array_agg(task_id), '{{}}') FROM group_call_tasks "
     "WHERE created_date = %s AND {is_open}"
@@ -178,18 +180,22 @@ def write_window(
     back to its savepoint, and the window takes the staging path: the result is the same."""
     received = len(normalised)
     with conn.transaction(), conn.cursor() as cur:
+        # createdTime is local: read in the account's zone as the session's TimeZone, which is
+        # always an IANA zone. `AT TIME ZONE 'CET'` or a " CET" suffix would take PostgreSQL's
+        # abbreviation first, a fixed +01 without summer time (likewise EET, MET, WET).
+        cur.execute(_ACCOUNT_TIME_ZONE, (time_zone,))
         # The day's stored in-progress tasks, before this sync refreshes them.
         cur.execute(_OPEN_TASKS, (window_date,))
         open_row = cur.fetchone()
         open_before: list[int] = list(open_row[0]) if open_row else []
-        copied = first_load and not open_before and _copy_into_table(cur, normalised, time_zone)
+        copied = first_load and not open_before and _copy_into_table(cur, normalised)
         if copied:
             inserted, updated = received, 0
         else:
             cur.execute(_CREATE_STAGE)
             with cur.copy(_COPY_STAGE) as copy:
                 copy.write(normalised.to_csv())  # one CSV document, encoded by Arrow in C++
-            cur.execute(UPSERT_SQL, {"time_zone": time_zone})
+            cur.execute(UPSERT_SQL)
             merged = cur.fetchone()
             assert merged is not None
             inserted, updated = int(merged[0]), int(merged[1])
@@ -226,10 +232,10 @@ _RESOLVE_REJECTS = b"""
 """
 
 
-def _copy_into_table(cur: psycopg.Cursor, normalised: NormalisedWindow, time_zone: str) -> bool:
+def _copy_into_table(cur: psycopg.Cursor, normalised: NormalisedWindow) -> bool:
     """COPY the window's rows into `group_call_tasks` and their fingerprints, under a savepoint.
     False (and nothing written) when a task is already stored: the caller merges instead."""
-    rows, hashes = normalised.to_table_csv(time_zone)
+    rows, hashes = normalised.to_table_csv()
     try:
         with cur.connection.transaction():
             with cur.copy(_COPY_TABLE) as copy:

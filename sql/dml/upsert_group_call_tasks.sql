@@ -1,6 +1,7 @@
 -- Merge the staged window into group_call_tasks. A row is rewritten only when something in it
 -- really changed, so re-syncing unchanged tasks creates no row versions (xmin stays).
--- Parameter: %(time_zone)s, the account's IANA zone createdTime is read in.
+-- created_local is read in the transaction's TimeZone, set to the account's IANA zone by the
+-- writer (not `AT TIME ZONE`, which takes 'CET', 'EET', 'MET', 'WET' as fixed-offset abbreviations).
 WITH merged AS (
     INSERT INTO group_call_tasks AS t (
         task_id, task_name, status, rate, num_cnt, call_num, success, fail, answered_num,
@@ -12,7 +13,7 @@ WITH merged AS (
     )
     SELECT
         task_id, task_name, status, rate, num_cnt, call_num, success, fail, answered_num,
-        send_sms_num, created_local AT TIME ZONE %(time_zone)s, created_date, script_id,
+        send_sms_num, created_local::timestamptz, created_date, script_id,
         task_type, asr, agent_total_feetime, charge_len, agent_fee_amount, acd_seconds,
         group_call_pay_fee_amount, group_call_pay_fee_currency,
         sms_pay_fee_amount, sms_pay_fee_currency,

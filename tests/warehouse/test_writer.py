@@ -12,7 +12,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 import psycopg
 import pytest
@@ -198,6 +198,33 @@ def test_created_time_is_read_in_the_configured_zone(
     for record in records:
         local = datetime.strptime(record["createdTime"], "%Y-%m-%d %H:%M:%S")
         assert stored[record["taskId"]] == local.replace(tzinfo=ZoneInfo(zone))
+
+
+@pytest.mark.parametrize("first_load", [True, False], ids=["first load", "merge"])
+def test_zones_postgres_also_knows_as_abbreviations_keep_their_daylight_saving_time(
+    migrated: psycopg.Connection, first_load: bool
+) -> None:
+    """The IANA zones CET, EET, MET and WET have summer time, and are also PostgreSQL
+    abbreviations for fixed offsets, which `AT TIME ZONE` or a zone suffix would take first. Every
+    zone that is both must read createdTime as Python's zoneinfo (the partitions' reading) does,
+    in winter and in summer, on both write paths."""
+    abbreviations = {
+        name
+        for (name,) in migrated.execute("SELECT upper(abbrev) FROM pg_timezone_abbrevs")
+        if name in available_timezones()
+    }
+    assert {"CET", "EET", "MET", "WET"} <= abbreviations
+    for zone in sorted(abbreviations):
+        for day in (date(2024, 1, 15), date(2024, 7, 15)):
+            migrated.execute("TRUNCATE group_call_tasks, group_call_task_fingerprints")
+            migrated.commit()
+            records = make_records(day, 3)
+            write(migrated, records, day, time_zone=zone, first_load=first_load)
+            stored = dict(migrated.execute("SELECT task_id, created_time FROM group_call_tasks"))
+            for record in records:
+                local = datetime.strptime(record["createdTime"], "%Y-%m-%d %H:%M:%S")
+                expected = local.replace(tzinfo=ZoneInfo(zone))
+                assert stored[record["taskId"]] == expected, (zone, record["createdTime"])
 
 
 # -- rejects and the sync log --------------------------------------------------------------------
