@@ -529,8 +529,8 @@ class LaafficClient:
             pages_read += 1
             new = 0
             for record in page.records:
-                task_id = record.get("taskId")
-                if not isinstance(task_id, int) or isinstance(task_id, bool):
+                task_id = _task_key(record)
+                if task_id is None:
                     unkeyed.append(record)  # the normaliser reports it; never dropped here
                     new += 1
                     continue
@@ -610,8 +610,15 @@ class LaafficClient:
                         break
             read_upto = pages_now[-1]
             if len(by_id) == before and returned >= latest_total:
-                # A stable pass that returned `total` rows: the shortfall is upstream repeats.
-                upstream_dups = latest_total - (len(by_id) + len(unkeyed))
+                # A stable pass returned `total` rows, yet fewer distinct tasks: the API lists
+                # some task twice, or it orders tasks created in the same second differently from
+                # one page request to the next, so that a page boundary among them repeats one
+                # task and skips another. Pieces that fit on one page have no boundary: reading
+                # them finds any task skipped. What is still short of `total` is repeated rows.
+                pages_read += self._read_in_one_page_pieces(
+                    window, filters, stats, by_id, latest_total - len(unkeyed)
+                )
+                upstream_dups = max(0, latest_total - (len(by_id) + len(unkeyed)))
                 break
         stats.api_total += latest_total
         stats.pages += pages_read
@@ -624,6 +631,72 @@ class LaafficClient:
                 upstream_dups,
             )
         return [*by_id.values(), *unkeyed]
+
+    def _read_in_one_page_pieces(
+        self,
+        window: TimeWindow,
+        filters: dict[str, Any],
+        stats: FetchStats,
+        by_id: dict[Any, dict[str, Any]],
+        keyed_total: int,
+    ) -> int:
+        """Read `window` again in pieces that each fit on one page, halving it by creation time,
+        and add their keyed records to `by_id` (unkeyed ones are kept already); return the pages
+        read. A one-second piece holding more than a page is read page by page (nothing smaller
+        can be asked for). Stops once `keyed_total` tasks are known, or after four requests per
+        page of the window (plus 16), so that no answer can make it read a day second by
+        second; what it did not find is then reported as repeats."""
+        budget = 4 * max(1, math.ceil(keyed_total / self.page_size)) + 16
+        known = len(by_id)
+        pieces = [window]
+        pages = 0
+        pool = self._executor()
+        while pieces and pages < budget and len(by_id) < keyed_total:
+            piece = pieces.pop()
+            page = pool.submit(self.query_page, self._request(piece, 1, filters), stats).result()
+            pages += 1
+            by_id.update(_keyed(page))
+            seconds = (piece.end - piece.start) // timedelta(seconds=1)
+            if page.total <= self.page_size:
+                continue
+            if seconds >= 1:  # the later half is read last (pieces is a stack)
+                middle = piece.start + timedelta(seconds=seconds // 2)
+                pieces.append(TimeWindow(start=middle + timedelta(seconds=1), end=piece.end))
+                pieces.append(TimeWindow(start=piece.start, end=middle))
+                continue
+            for number in range(2, math.ceil(page.total / self.page_size) + 1):
+                if pages >= budget:
+                    break
+                request = self._request(piece, number, filters)
+                by_id.update(_keyed(pool.submit(self.query_page, request, stats).result()))
+                pages += 1
+        if len(by_id) > known:
+            self.log.warning(
+                "window %s: %d task(s) the paged listing skipped were found by reading it in "
+                "pieces of one page (the API orders tasks created in the same second "
+                "differently from one page to the next)",
+                window,
+                len(by_id) - known,
+            )
+        if len(by_id) < keyed_total and (pieces or pages >= budget):
+            self.log.warning(
+                "window %s: stopped reading it in pieces of one page after %d requests; "
+                "tasks short of `total` are taken for repeated rows",
+                window,
+                pages,
+            )
+        return pages
+
+
+def _task_key(record: dict[str, Any]) -> int | None:
+    """The record's taskId if it is an integer (JSON true is not), else None: unkeyed."""
+    task_id = record.get("taskId")
+    return task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
+
+
+def _keyed(page: Page) -> dict[int, dict[str, Any]]:
+    """A page's records with an integer taskId, by taskId (the rest are kept by the pass)."""
+    return {key: record for record in page.records if (key := _task_key(record)) is not None}
 
 
 __all__ = ["LaafficApiError", "LaafficClient", "WindowResult", "sign", "split_window"]

@@ -97,3 +97,20 @@ def repeat_some_rows(server_store: Any, every: int) -> None:
         return out
 
     server_store.window = repeating
+
+
+def skip_across_page_boundaries(server_store: Any, size: int = 100) -> None:
+    """Make every listing longer than one page start each later page with the previous page's
+    last task instead of its own first one: the API ordering tasks created in the same second
+    differently from one page request to the next (LIMIT/OFFSET over ties), so that a task is
+    listed twice and another never, while `total` stays true. A listing that fits on one page
+    has no boundary and is right."""
+    window = server_store.window
+
+    def skipping(start: str, end: str) -> list[_Task]:
+        tasks: list[_Task] = list(window(start, end))
+        for boundary in range(size, len(tasks), size):
+            tasks[boundary] = tasks[boundary - 1]
+        return tasks
+
+    server_store.window = skipping

@@ -12,7 +12,13 @@ from pipelines.laaffic.errors import LaafficIncompleteWindowError
 from pipelines.laaffic.models import TaskRecord, TimeWindow
 from pipelines.laaffic.simulator import SimulatorConfig, fingerprint
 from tests.laaffic.conftest import Serve
-from tests.laaffic.helpers import DAY, day_window, make_client, repeat_some_rows
+from tests.laaffic.helpers import (
+    DAY,
+    day_window,
+    make_client,
+    repeat_some_rows,
+    skip_across_page_boundaries,
+)
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
@@ -137,6 +143,51 @@ def test_upstream_duplicate_task_ids_are_kept_once_and_reported(
     assert result.stats.api_total == 303
     assert result.stats.upstream_duplicates == 3
     assert fingerprint(result.records) == fingerprint(server.simulator.store.all_tasks([DAY]))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_tasks_a_page_boundary_skips_are_found_not_taken_for_repeats(
+    serve: Serve, concurrency: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pages 2 and 3 each repeat the previous page's last task and skip one, on every pass, with
+    a true `total` of 300: the same evidence as upstream repeats. Reading the window in pieces
+    that fit on one page finds the two skipped tasks; none is reported as a repeat."""
+    server = serve(SimulatorConfig(day_counts={DAY: 300}))
+    skip_across_page_boundaries(server.simulator.store)
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    assert sorted(_ids(result.records)) == sorted(_ids(server.simulator.store.all_tasks([DAY])))
+    assert result.stats.api_total == 300
+    assert result.stats.upstream_duplicates == 0
+    assert fingerprint(result.records) == fingerprint(server.simulator.store.all_tasks([DAY]))
+    assert result.stats.requests == server.simulator.stats.requests
+    assert "2 task(s) the paged listing skipped" in caplog.text
+
+
+def test_reading_in_one_page_pieces_is_bounded_when_no_piece_fits_a_page(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API that answers any window with the whole day, every task listed twice: no piece ever
+    fits on one page. The search for skipped tasks stops after its budget (4 requests a page of
+    the window, plus 16) instead of halving down to single seconds, and the shortfall is
+    reported as repeats."""
+    server = serve(SimulatorConfig(day_counts={DAY: 300}))
+    store = server.simulator.store
+    listing = store.window
+
+    def whole_day_twice(start: str, end: str) -> list[Any]:
+        return [task for task in listing(f"{DAY} 00:00:00", f"{DAY} 23:59:59") for _ in (1, 2)]
+
+    store.window = whole_day_twice
+
+    result = make_client(server).fetch_window(day_window())
+
+    assert sorted(_ids(result.records)) == sorted(_ids(store.all_tasks([DAY])))
+    assert result.stats.upstream_duplicates == 300
+    passes = 2 * 6  # 600 rows: 6 pages a pass, two passes before the search
+    assert server.simulator.stats.requests == passes + 4 * 6 + 16
+    assert "stopped reading it in pieces of one page after 40 requests" in caplog.text
 
 
 def test_a_total_that_can_never_be_reached_is_refused_not_stored(serve: Serve) -> None:
