@@ -80,9 +80,9 @@ _COPY_TABLE = sql.SQL("COPY group_call_tasks ({columns}) FROM STDIN (FORMAT csv)
 _COPY_FINGERPRINTS = (
     b"COPY group_call_task_fingerprints (task_id, fingerprint) FROM STDIN (FORMAT csv)"
 )
-#: The day's stored in-progress tasks.
-#: For the rest of the transaction only (`is_local`).
+#: The account's zone as TimeZone, for the rest of the transaction only (`is_local`).
 _ACCOUNT_TIME_ZONE = b"SELECT set_config('TimeZone', %s, true)"
+#: The day's stored in-progress tasks.
 _OPEN_TASKS = sql.SQL(
     "SELECT coalesce(array_agg(task_id), '{{}}') FROM group_call_tasks "
     "WHERE created_date = %s AND {is_open}"
@@ -180,8 +180,8 @@ def write_window(
     back to its savepoint, and the window takes the staging path: the result is the same."""
     received = len(normalised)
     with conn.transaction(), conn.cursor() as cur:
-        # createdTime is local: read in the account's zone as the session's TimeZone, which is
-        # always an IANA zone. `AT TIME ZONE 'CET'` or a " CET" suffix would take PostgreSQL's
+        # createdTime is local: read in the account's zone as the transaction's TimeZone, which
+        # is always an IANA zone. `AT TIME ZONE 'CET'` or a " CET" suffix would take PostgreSQL's
         # abbreviation first, a fixed +01 without summer time (likewise EET, MET, WET).
         cur.execute(_ACCOUNT_TIME_ZONE, (time_zone,))
         # The day's stored in-progress tasks, before this sync refreshes them.
