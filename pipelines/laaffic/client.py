@@ -650,10 +650,9 @@ class LaafficClient:
         known = len(by_id)
         pieces = [window]
         pages = 0
-        pool = self._executor()
         while pieces and pages < budget and len(by_id) < keyed_total:
             piece = pieces.pop()
-            page = pool.submit(self.query_page, self._request(piece, 1, filters), stats).result()
+            (page,) = self._read_pages(piece, range(1, 2), filters, stats, sequential=True)
             pages += 1
             by_id.update(_keyed(page))
             seconds = (piece.end - piece.start) // timedelta(seconds=1)
@@ -664,11 +663,9 @@ class LaafficClient:
                 pieces.append(TimeWindow(start=middle + timedelta(seconds=1), end=piece.end))
                 pieces.append(TimeWindow(start=piece.start, end=middle))
                 continue
-            for number in range(2, math.ceil(page.total / self.page_size) + 1):
-                if pages >= budget:
-                    break
-                request = self._request(piece, number, filters)
-                by_id.update(_keyed(pool.submit(self.query_page, request, stats).result()))
+            later = min(math.ceil(page.total / self.page_size) - 1, budget - pages)
+            for page in self._read_pages(piece, range(2, 2 + later), filters, stats, True):
+                by_id.update(_keyed(page))
                 pages += 1
         if len(by_id) > known:
             self.log.warning(
