@@ -92,8 +92,9 @@ def no_new_rejects(
 
 @asset_check(
     asset=group_call_tasks,
-    description="success + fail = callNum; answeredNum <= callNum <= numCnt; taskSumPayFee = "
-    "groupCallPayFee + smsPayFee + agentFee; amounts >= 0; one currency per task.",
+    description="success + fail <= callNum, and = callNum once final (a call still ringing has "
+    "no outcome yet); answeredNum <= callNum <= numCnt; taskSumPayFee = groupCallPayFee + "
+    "smsPayFee + agentFee; amounts >= 0; one currency per task.",
 )
 def task_invariants_hold(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource

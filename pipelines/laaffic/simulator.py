@@ -98,10 +98,13 @@ def _counters(rng: random.Random, status: int, num_cnt: int) -> dict[str, Any]:
     success = round(call_num * rng.uniform(0.3, 0.95))
     answered = success
     charge_len = answered * rng.randint(8, 140)  # seconds billed: answered calls x their mean
+    # While calling, the last number dialled may have no outcome yet: callNum counts it, success
+    # and fail do not (inferred: the contract says only that counters move until a final status).
+    in_flight = 1 if status == 1 and call_num > success else 0
     return {
         "callNum": call_num,
         "success": success,
-        "fail": call_num - success,
+        "fail": call_num - success - in_flight,
         "answeredNum": answered,
         "chargeLen": charge_len,
         "agentTotalFeetime": charge_len - charge_len // 10,
