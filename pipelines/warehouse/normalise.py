@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 #: re-derived on its next sync (records identical to the stored raw are otherwise not re-parsed).
 #: 2: createdTime is read in the account's zone with its summer time, where 1 read the zones
 #: CET, EET, MET and WET as PostgreSQL's fixed-offset abbreviations of the same names.
-NORMALISER_VERSION = 2
+#: 3: a percentage keeps up to 30 decimals (was 12), so "66.66666666666667" is stored, not refused.
+NORMALISER_VERSION = 3
 
 INT32 = (-(2**31), 2**31 - 1)
 INT16 = (-(2**15), 2**15 - 1)
@@ -67,6 +68,10 @@ class Kind:
 
 
 _DECIMAL = r"[+-]?\d{1,14}(?:\.\d{1,6})?"
+#: A percentage goes into an unconstrained numeric, which keeps every digit: any double printed
+#: in full without an exponent (Java's or Python's shortest form: "66.66666666666667") fits in
+#: 30 decimals. The bound only keeps a runaway value from PostgreSQL's numeric limits.
+_PERCENT = r"[+-]?[0-9]{1,12}(?:\.[0-9]{1,30})?"
 # re.ASCII: \d is 0-9 only. Python's \d also matches other scripts' digits ("١٢"), which
 # PostgreSQL's numeric input refuses: one such value would fail the whole window's COPY.
 _A = re.ASCII
@@ -77,7 +82,7 @@ KINDS = {
     "status": Kind(
         "status", re.compile(r"([+-]?\d+)", _A), int_range=INT16, allowed=KNOWN_STATUSES
     ),
-    "percent": Kind("percent", re.compile(r"([+-]?\d{1,12}(?:\.\d{1,12})?)\s*%?", _A)),
+    "percent": Kind("percent", re.compile(rf"({_PERCENT})\s*%?", _A)),
     "seconds": Kind("seconds", re.compile(r"(\d{1,12}(?:\.\d{1,6})?)\s*s?", _A)),
     "amount": Kind("amount", re.compile(rf"({_DECIMAL})", _A)),
     "fee": Kind("fee", re.compile(rf"({_DECIMAL})\s*\(\s*([A-Z]{{3}})\s*\)", _A), outputs=2),
@@ -358,7 +363,7 @@ _NOT_PY_SPACE = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]
 #: digits. Whatever else (white space, numbers sent as JSON numbers, garbage) goes through
 #: `parse_value`, which decides and words the error; so both paths always agree.
 _STRICT = {
-    "percent": r"[+-]?[0-9]{1,12}(?:\.[0-9]{1,12})?%?",
+    "percent": rf"{_PERCENT}%?",
     "seconds": r"[0-9]{1,12}(?:\.[0-9]{1,6})?s?",
     "amount": r"[+-]?[0-9]{1,14}(?:\.[0-9]{1,6})?",
     "fee": r"[+-]?[0-9]{1,14}(?:\.[0-9]{1,6})?\([A-Z]{3}\)",

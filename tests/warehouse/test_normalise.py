@@ -62,6 +62,10 @@ ACCEPTED: list[tuple[str, Any, tuple[str | None, ...]]] = [
     ("percent", " 80 ", ("80",)),
     ("percent", "80%", ("80",)),
     ("percent", 80, ("80",)),
+    # a rate computed in binary floating point and printed in full, as text or a JSON number
+    ("percent", "66.66666666666667", ("66.66666666666667",)),
+    ("percent", 66.66666666666667, ("66.66666666666667",)),
+    ("percent", "0.30000000000000004%", ("0.30000000000000004",)),
     # seconds
     ("seconds", "60s", ("60",)),
     ("seconds", "0s", ("0",)),
@@ -130,6 +134,7 @@ REFUSED: list[tuple[str, Any]] = [
     ("percent", "٨٠"),
     ("percent", True),
     ("percent", float("nan")),
+    ("percent", "1." + "3" * 31),
     ("seconds", "60m"),
     ("seconds", "-1s"),
     ("seconds", "s"),
