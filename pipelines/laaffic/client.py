@@ -616,7 +616,7 @@ class LaafficClient:
                 # task and skips another. Pieces that fit on one page have no boundary: reading
                 # them finds any task skipped. What is still short of `total` is repeated rows.
                 pages_read += self._read_in_one_page_pieces(
-                    window, filters, stats, by_id, latest_total - len(unkeyed)
+                    window, filters, stats, by_id, latest_total, len(unkeyed)
                 )
                 upstream_dups = max(0, latest_total - (len(by_id) + len(unkeyed)))
                 break
@@ -638,19 +638,37 @@ class LaafficClient:
         filters: dict[str, Any],
         stats: FetchStats,
         by_id: dict[Any, dict[str, Any]],
-        keyed_total: int,
+        total: int,
+        unkeyed: int,
     ) -> int:
         """Read `window` again in pieces that each fit on one page, halving it by creation time,
         and add their keyed records to `by_id` (unkeyed ones are kept already); return the pages
         read. A one-second piece holding more than a page is read page by page (nothing smaller
-        can be asked for). Stops once `keyed_total` tasks are known, or after four requests per
-        page of the window (plus 16), so that no answer can make it read a day second by
-        second; what it did not find is then reported as repeats."""
-        budget = 4 * max(1, math.ceil(keyed_total / self.page_size)) + 16
+        can be asked for). Stops once every task is known; what is still short of `total` when
+        every piece has been read is repeated rows.
+
+        Bounded: the pieces too big for a page at one depth are disjoint and hold more than a
+        page each, so there are fewer of them than the window has pages, and each is split once.
+        Halving a window of s seconds takes s.bit_length() levels, so a listing consistent with
+        its `total` needs at most 2 * pages * (levels + 1) requests. Needing more means the
+        answers for parts of the window contradict the whole (it ignores the window, say): the
+        window is refused rather than its shortfall taken for repeats."""
+        pages_in_window = max(1, math.ceil(total / self.page_size))
+        levels = ((window.end - window.start) // timedelta(seconds=1)).bit_length()
+        budget = 2 * pages_in_window * (levels + 1) + 16  # 16: tasks created meanwhile
+        keyed_total = total - unkeyed
         known = len(by_id)
         pieces = [window]
         pages = 0
-        while pieces and pages < budget and len(by_id) < keyed_total:
+        while pieces and len(by_id) < keyed_total:
+            if pages >= budget:
+                raise LaafficIncompleteWindowError(
+                    f"window {window}: the API reports {total} tasks; reading it in pieces that "
+                    f"fit on one page found {len(by_id) + unkeyed} distinct ones and was not "
+                    f"done after {pages} requests, more than a listing consistent with its "
+                    "`total` needs (its answers for parts of the window contradict the whole); "
+                    "refusing to store a partial window"
+                )
             piece = pieces.pop()
             (page,) = self._read_pages(piece, range(1, 2), filters, stats, sequential=True)
             pages += 1
@@ -674,13 +692,6 @@ class LaafficClient:
                 "differently from one page to the next)",
                 window,
                 len(by_id) - known,
-            )
-        if len(by_id) < keyed_total and (pieces or pages >= budget):
-            self.log.warning(
-                "window %s: stopped reading it in pieces of one page after %d requests; "
-                "tasks short of `total` are taken for repeated rows",
-                window,
-                pages,
             )
         return pages
 

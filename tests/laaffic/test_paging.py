@@ -165,13 +165,34 @@ def test_tasks_a_page_boundary_skips_are_found_not_taken_for_repeats(
     assert "2 task(s) the paged listing skipped" in caplog.text
 
 
-def test_reading_in_one_page_pieces_is_bounded_when_no_piece_fits_a_page(
-    serve: Serve, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_task_skipped_among_the_last_seconds_of_the_day_is_found(
+    serve: Serve, concurrency: int
+) -> None:
+    """150 tasks in the day's last ten seconds (15 a second, so no second holds more than a
+    page) and a page boundary that repeats one and skips another: halving the day down to those
+    seconds takes 17 levels, two requests each. The search must get there, not give up and take
+    the skipped task for a repeat."""
+    server = serve(SimulatorConfig(day_counts={DAY: 0}))
+    store = server.simulator.store
+    for n in range(150):
+        store.add_live_task(f"{DAY} 23:59:{50 + n // 15:02d}")
+    skip_across_page_boundaries(store)
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    assert sorted(_ids(result.records)) == sorted(_ids(store.all_tasks([DAY])))
+    assert result.stats.upstream_duplicates == 0
+    assert result.stats.requests == server.simulator.stats.requests
+
+
+def test_reading_in_one_page_pieces_is_bounded_and_refuses_a_listing_that_ignores_the_window(
+    serve: Serve,
 ) -> None:
     """An API that answers any window with the whole day, every task listed twice: no piece ever
-    fits on one page. The search for skipped tasks stops after its budget (4 requests a page of
-    the window, plus 16) instead of halving down to single seconds, and the shortfall is
-    reported as repeats."""
+    fits on one page. The search stops after the most requests a listing consistent with its
+    `total` could need (2 x pages x (halving levels + 1) + 16) and refuses the window: its
+    shortfall cannot be told from skipped tasks, so it is not taken for repeats."""
     server = serve(SimulatorConfig(day_counts={DAY: 300}))
     store = server.simulator.store
     listing = store.window
@@ -181,13 +202,14 @@ def test_reading_in_one_page_pieces_is_bounded_when_no_piece_fits_a_page(
 
     store.window = whole_day_twice
 
-    result = make_client(server).fetch_window(day_window())
+    with pytest.raises(LaafficIncompleteWindowError) as caught:
+        make_client(server).fetch_window(day_window())
 
-    assert sorted(_ids(result.records)) == sorted(_ids(store.all_tasks([DAY])))
-    assert result.stats.upstream_duplicates == 300
     passes = 2 * 6  # 600 rows: 6 pages a pass, two passes before the search
-    assert server.simulator.stats.requests == passes + 4 * 6 + 16
-    assert "stopped reading it in pieces of one page after 40 requests" in caplog.text
+    levels = (86_399).bit_length()  # 17 halvings from a day to one second
+    assert server.simulator.stats.requests == passes + 2 * 6 * (levels + 1) + 16
+    assert "reports 600 tasks" in str(caught.value)
+    assert "refusing to store a partial window" in str(caught.value)
 
 
 def test_a_total_that_can_never_be_reached_is_refused_not_stored(serve: Serve) -> None:
