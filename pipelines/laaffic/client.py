@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -696,10 +697,22 @@ class LaafficClient:
         return pages
 
 
+#: A taskId sent as text, read as the normaliser's bigint reads it (`parse_value`; a test keeps
+#: the two equal): ASCII digits, an optional sign, surrounding white space.
+_TASK_ID_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
 def _task_key(record: dict[str, Any]) -> int | None:
-    """The record's taskId if it is an integer (JSON true is not), else None: unkeyed."""
+    """The task the record is for, as the warehouse will key it: its taskId as an integer (JSON
+    true is not one; "5000602" is 5000602), else None: unkeyed, and the normaliser rejects it."""
     task_id = record.get("taskId")
-    return task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
+    if isinstance(task_id, bool):
+        return None
+    if isinstance(task_id, int):
+        return task_id
+    if isinstance(task_id, str) and _TASK_ID_TEXT.fullmatch(text := task_id.strip()):
+        return int(text)
+    return None
 
 
 def _keyed(page: Page) -> dict[int, dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.laaffic.errors import LaafficIncompleteWindowError
 from pipelines.laaffic.models import TaskRecord, TimeWindow
-from pipelines.laaffic.simulator import SimulatorConfig, fingerprint
+from pipelines.laaffic.simulator import SimulatorConfig, _Task, fingerprint
 from tests.laaffic.conftest import Serve
 from tests.laaffic.helpers import (
     DAY,
@@ -184,6 +184,32 @@ def test_a_task_skipped_among_the_last_seconds_of_the_day_is_found(
     assert sorted(_ids(result.records)) == sorted(_ids(store.all_tasks([DAY])))
     assert result.stats.upstream_duplicates == 0
     assert result.stats.requests == server.simulator.stats.requests
+
+
+def test_tasks_with_their_taskid_sent_as_text_are_de_duplicated_and_completed(
+    serve: Serve,
+) -> None:
+    """taskId "5000602" is stored as task 5000602, so paging keys it the same way: a page
+    boundary that repeats one such task and skips another is found out and mended, not passed
+    on as 300 records of which two are the same task."""
+    server = serve(SimulatorConfig(day_counts={DAY: 300}))
+    store = server.simulator.store
+    listing = store.window
+
+    def ids_as_text(start: str, end: str) -> list[Any]:
+        return [
+            _Task(dict(t.record, taskId=str(t.task_id)), created=t.created, task_id=t.task_id)
+            for t in listing(start, end)
+        ]
+
+    store.window = ids_as_text
+    skip_across_page_boundaries(store)
+
+    result = make_client(server).fetch_window(day_window())
+
+    expected = sorted(str(t["taskId"]) for t in store.all_tasks([DAY]))
+    assert sorted(r["taskId"] for r in result.records) == expected
+    assert result.stats.upstream_duplicates == 0
 
 
 def test_reading_in_one_page_pieces_is_bounded_and_refuses_a_listing_that_ignores_the_window(

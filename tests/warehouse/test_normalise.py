@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.laaffic.client import _task_key
 from pipelines.warehouse.normalise import (
     FIELDS,
     FIELDS_BY_NAME,
@@ -725,3 +726,23 @@ def _assert_storable(text: str | None) -> None:
 
 def _refuse(constant: str) -> None:
     raise AssertionError(f"{constant} in raw JSON")
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        *(5000602, "5000602", " 5000602 ", "+7", "-3", "0", 2**63),
+        *("12a", "\u0665", "", None, True, 1.0, [1]),
+    ],
+)
+def test_paging_keys_a_task_as_the_normaliser_reads_its_taskid(task_id: Any) -> None:
+    """The client de-duplicates and completes windows by the task the warehouse will store."""
+    try:
+        (text,) = parse_value("bigint", task_id, required=True)
+    except ParseError:
+        text = None
+    key = _task_key({"taskId": task_id})
+    if text is not None:
+        assert key == int(text)
+    elif task_id != 2**63:  # out of int64: still one task to the client, a reject to the table
+        assert key is None
