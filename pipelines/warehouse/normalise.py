@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 #: re-derived on its next sync (records identical to the stored raw are otherwise not re-parsed).
 #: 2: createdTime is read in the account's zone with its summer time, where 1 read the zones
 #: CET, EET, MET and WET as PostgreSQL's fixed-offset abbreviations of the same names.
-#: 3: a percentage keeps up to 30 decimals (was 12), so "66.66666666666667" is stored, not refused.
+#: 3: a percentage keeps up to 30 decimals (was 12), so "66.66666666666667" is stored, not refused;
+#: an amount sent as a JSON number with a fraction is refused, not stored as a double read it.
 NORMALISER_VERSION = 3
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -166,6 +167,15 @@ def parse_value(kind_name: str, value: Any, *, required: bool = False) -> tuple[
         raise ParseError(f"expected {_EXPECTED[kind_name]}, got JSON {_describe(value)}")
     if isinstance(value, float) and kind.int_range is not None:
         raise ParseError(f"expected an integer, got the number {value!r}")
+    if isinstance(value, float) and kind_name in ("amount", "fee"):
+        # A JSON number with a fraction was read as a binary double: its decimal digits past
+        # ~15 are already gone (12345678901234.123456 reads as 12345678901234.123). Refused,
+        # not stored rounded: money is exact or absent. The contract sends amounts as text.
+        raise ParseError(
+            f"expected {_EXPECTED[kind_name]} as text, got the JSON number {value!r}: a number "
+            "with a fraction is read as binary floating point, which does not keep every "
+            "decimal digit of an amount"
+        )
     if kind_name == "text":
         if not isinstance(value, str):
             return (str(value),)

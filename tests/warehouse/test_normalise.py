@@ -55,6 +55,7 @@ ACCEPTED: list[tuple[str, Any, tuple[str | None, ...]]] = [
     ("amount", "0", ("0",)),
     ("amount", " 3.5 ", ("3.5",)),
     ("amount", "99999999999999.999999", ("99999999999999.999999",)),
+    ("amount", 3, ("3",)),  # a JSON integer is exact
     # percent
     ("percent", "80", ("80",)),
     ("percent", "66.67", ("66.67",)),
@@ -216,6 +217,9 @@ def test_empty_is_null_unless_required(kind: str, empty: str | None) -> None:
         ("status", 9, "unknown status code 9"),
         ("int", 1.0, "expected an integer"),
         ("percent", True, "got JSON bool"),
+        ("amount", 0.125, "got the JSON number 0.125"),
+        ("amount", 12345678901234.123456, "binary floating point"),
+        ("fee", 0.5, "got the JSON number 0.5"),
         ("local_datetime", "2024-02-30 00:00:00", "not a valid date-time"),
         ("text", "a\x00b", "NUL"),
     ],
@@ -347,6 +351,9 @@ MALFORMED: list[tuple[str, Any]] = [
     ("createdTime", "2024-06-04T10:00:00"),
     ("createdTime", ""),
     ("taskName", "bad\x00name"),
+    # Amounts as JSON numbers with a fraction: read as doubles, their digits are not exact.
+    ("agentFee", 0.125),
+    ("agentFee", 12345678901234.123456),
 ]
 
 
