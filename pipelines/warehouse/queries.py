@@ -54,7 +54,6 @@ def table_row_count(conn: psycopg.Connection) -> int:
 class SyncedWindow:
     window_date: date
     api_total: int
-    new_rejects: int
     run_id: str | None
     upstream_duplicates: int = 0
 
@@ -70,7 +69,7 @@ def synced_windows(conn: psycopg.Connection, run_id: str | None) -> list[SyncedW
     rows = conn.execute(
         """
         SELECT DISTINCT ON (window_date)
-               window_date, api_total, new_rejects, run_id, upstream_duplicates
+               window_date, api_total, run_id, upstream_duplicates
         FROM group_call_sync_log
         WHERE run_id = %(run_id)s
            OR NOT EXISTS (SELECT 1 FROM group_call_sync_log WHERE run_id = %(run_id)s)
@@ -140,22 +139,24 @@ def invariant_violations(
     return [(int(t), d, list(p)) for t, d, p in conn.execute(INVARIANTS_SQL, (days,)).fetchall()]
 
 
-def new_rejects(
-    conn: psycopg.Connection, windows: list[SyncedWindow], limit: int = 20
+def report_new_rejects(
+    conn: psycopg.Connection, days: list[date], limit: int = 20
 ) -> tuple[int, list[tuple[int | None, str, str | None, str]]]:
-    """How many values the windows' syncs refused for the first time, and some examples."""
-    total = sum(w.new_rejects for w in windows)
-    if not total:
+    """How many standing rejects of `days` no check has reported yet, and some examples; marks
+    them reported. Not the syncs' own `new_rejects`: a value first refused by a sync whose run
+    failed before its checks, or by an attempt a step retry replaced, is still reported here."""
+    if not days:
         return 0, []
-    examples = conn.execute(
+    rows = conn.execute(
         """
-        SELECT task_id, field, left(raw_value, 200), error FROM group_call_task_rejects
-        WHERE window_date = ANY(%s) AND resolved_at IS NULL
-        ORDER BY last_seen_at DESC, reject_id LIMIT %s
+        UPDATE group_call_task_rejects SET reported_at = now()
+        WHERE window_date = ANY(%s) AND resolved_at IS NULL AND reported_at IS NULL
+        RETURNING task_id, left(raw_value, 200), field, error, first_seen_at, reject_id
         """,
-        ([w.window_date for w in windows], limit),
+        (days,),
     ).fetchall()
-    return total, [(row[0], row[1], row[2], row[3]) for row in examples]
+    rows.sort(key=lambda row: (row[4], row[5]), reverse=True)
+    return len(rows), [(row[0], row[2], row[1], row[3]) for row in rows[:limit]]
 
 
 @dataclass(frozen=True)

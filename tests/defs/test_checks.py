@@ -230,6 +230,33 @@ def test_invariants_check_passes_a_calling_task_whose_last_call_has_no_outcome_y
         assert evaluations["task_invariants_hold"].passed
 
 
+def test_no_new_rejects_reports_a_value_whose_first_sync_ran_no_check(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    """A run that failed after committing a day (or a step retry that synced it again) never ran
+    the checks on the sync that first refused a value; the next sync of that day no longer
+    refuses it for the first time. The check still reports it, once."""
+    day = DAYS[0]
+    bad = simulator.simulator.store.day(day)[3]
+    bad.update(groupCallPayFee="n/a(USD)")
+    with DagsterInstance.ephemeral() as instance:
+        unchecked = materialize(
+            [group_call_tasks],
+            resources=resources(simulator, database_url),
+            instance=instance,
+            tags=range_tags(day, day),
+        )
+        assert unchecked.success  # the reject is stored; no check looked at it
+
+        evaluations = _sync(simulator, database_url, instance, [day])
+        check = evaluations["no_new_rejects"]
+        assert not check.passed
+        assert check.metadata["new_rejects"].value == 1
+        assert f"| {bad.task_id} | groupCallPayFee | n/a(USD) |" in _md(check, "examples")
+
+        assert _sync(simulator, database_url, instance, [day])["no_new_rejects"].passed
+
+
 TAMPERING = {
     # The data an API glitch or a bad write could leave behind, one broken invariant each:
     # (which task of the day to break, how).

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -371,3 +373,27 @@ def test_a_forgotten_history_row_is_reapplied_harmlessly(conn: psycopg.Connectio
         snap["statuses"] = [row[1:] for row in snap["statuses"]]
         snap["migrations"] = [row[1:3] for row in snap["migrations"]]
     assert after == before
+
+
+def test_rejects_stored_before_reported_at_existed_count_as_reported(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Upgrading does not re-report every standing reject: those already stored were reported
+    by the check as it worked before 007; a reject stored after it waits for a check."""
+    for path in migration_files():
+        if path.name < "007":
+            shutil.copy(path, tmp_path / path.name)
+    apply_migrations(conn, tmp_path)
+    insert = (
+        "INSERT INTO group_call_task_rejects (task_id, field, raw_value, error, window_date) "
+        "VALUES (%s, 'agentFee', 'x', 'not an amount', '2024-06-01')"
+    )
+    conn.execute(insert, (1,))
+    conn.commit()
+
+    assert apply_migrations(conn) == ["007_rejects_reported_at.sql"]
+    conn.execute(insert, (2,))
+    rows = conn.execute(
+        "SELECT task_id, reported_at IS NOT NULL FROM group_call_task_rejects ORDER BY task_id"
+    ).fetchall()
+    assert rows == [(1, True), (2, False)]
