@@ -259,14 +259,17 @@ class LaafficClient:
 
     def _parse(self, content: bytes, context: str) -> Page:
         """A response body as a page, or the LaafficError its envelope describes."""
+        envelope: ApiResponse | None
         try:
             envelope = ApiResponse.model_validate_json(content)
         except ValidationError as exc:
-            snippet = content[:120].decode("utf-8", "replace")
-            raise LaafficTransportError(
-                f"response is not the documented JSON envelope ({exc.error_count()} problems, "
-                f"body starts {snippet!r})"
-            ) from None
+            envelope = _envelope_by_json_module(content, exc)
+            if envelope is None:
+                snippet = content[:120].decode("utf-8", "replace")
+                raise LaafficTransportError(
+                    f"response is not the documented JSON envelope ({exc.error_count()} "
+                    f"problems, first: {_first_problem(exc)}; body starts {snippet!r})"
+                ) from None
         code = envelope.code_int
         if code == 0:
             if envelope.data is None:
@@ -695,6 +698,25 @@ class LaafficClient:
                 len(by_id) - known,
             )
         return pages
+
+
+def _envelope_by_json_module(content: bytes, exc: ValidationError) -> ApiResponse | None:
+    """The envelope of a body pydantic-core's JSON parser refuses but the JSON standard allows
+    (a string with an unpaired surrogate escape, "\\ud800"): read by Python's `json`, so one odd
+    record reaches the normaliser, which rejects that value and keeps the rest of the page,
+    instead of failing the page, and with it the day, on every attempt. None otherwise."""
+    if not any(error["type"] == "json_invalid" for error in exc.errors()):
+        return None
+    try:
+        return ApiResponse.model_validate(json.loads(content))
+    except (ValueError, ValidationError):  # not JSON after all (JSONDecodeError is a ValueError)
+        return None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "the body"
+    return f"{where}: {error['msg']}"
 
 
 #: A taskId sent as text, read as the normaliser's bigint reads it (`parse_value`; a test keeps

@@ -11,6 +11,7 @@ import pytest
 from pipelines.laaffic.errors import LaafficIncompleteWindowError
 from pipelines.laaffic.models import TaskRecord, TimeWindow
 from pipelines.laaffic.simulator import SimulatorConfig, _Task, fingerprint
+from pipelines.warehouse.normalise import normalise_records
 from tests.laaffic.conftest import Serve
 from tests.laaffic.helpers import (
     DAY,
@@ -297,3 +298,27 @@ def test_window_digest_is_the_same_for_the_same_pages_and_differs_with_any_chang
     (task, *_) = server.simulator.store.day(DAY)
     task.update(taskName=f"{task.record['taskName']} (renamed)")
     assert client.fetch_window(day_window()).digest != first.digest
+
+
+def test_a_record_with_an_unpaired_surrogate_escape_is_read_not_the_page_failed(
+    serve: Serve,
+) -> None:
+    """JSON allows "\\ud800" (a Java JSON writer emits one for a broken string); pydantic-core's
+    parser refuses it. The page is read by Python's json instead: the record reaches the
+    normaliser, which rejects that one value, and the day is not failed on every attempt."""
+    server = serve(SimulatorConfig(day_counts={DAY: 30}))
+    store = server.simulator.store
+    odd = dict(store.day(DAY)[0].record, taskId=7_000_500, taskName="ok")
+    store.add_raw(DAY, odd)
+    task = next(t for t in store.day(DAY) if t.record is odd)
+    task.encoded = task.encoded.replace(b'"taskName":"ok"', b'"taskName":"bad \\ud800 name"')
+
+    result = make_client(server).fetch_window(day_window())
+
+    assert len(result.records) == 31
+    (read,) = [r for r in result.records if r["taskId"] == 7_000_500]
+    assert read["taskName"] == "bad \ud800 name"
+    window = normalise_records(result.records)
+    assert [(r.task_id, r.field) for r in window.rejects] == [(7_000_500, "taskName")]
+    assert "unpaired" in window.rejects[0].error
+    assert len(window) == 31
