@@ -709,7 +709,7 @@ def _envelope_by_json_module(content: bytes, exc: ValidationError) -> ApiRespons
         return None
     try:
         return ApiResponse.model_validate(json.loads(content))
-    except (ValueError, ValidationError):  # not JSON after all (JSONDecodeError is a ValueError)
+    except (ValueError, RecursionError, ValidationError):  # not JSON, or nested past any use
         return None
 
 

@@ -115,7 +115,7 @@ CASES: dict[str, Case] = {
             (7_000_010, "callNum", "got JSON list"),
             (7_000_010, "success", "got JSON dict"),
             (7_000_010, "fail", "got JSON bool"),
-            (7_000_010, "groupCallPayFee", "is not an amount with its currency"),
+            (7_000_010, "groupCallPayFee", "got the JSON number 0.5"),
             (7_000_010, "createdTime", "is not a local date-time"),
         ],
     ),
