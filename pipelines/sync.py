@@ -5,13 +5,14 @@ Plain functions, no Dagster: the asset wraps them, tests and benchmarks call the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -30,6 +31,13 @@ from pipelines.warehouse.writer import (
     write_unchanged_window,
     write_window,
 )
+
+T = TypeVar("T")
+
+
+class WriterHalted(Exception):
+    """A task of the writer thread that did not run: an earlier one failed (or the sync was left),
+    and nothing is written after a failure."""
 
 
 def day_window(day: date) -> TimeWindow:
@@ -155,7 +163,10 @@ def sync_days(
     Three stages overlap: the next `days_ahead` days are read from the API (their requests
     share the client's bounded pool) while this thread normalises one day and a writer thread,
     which alone uses `conn`, writes the previous one. At most `days_ahead + 3` windows are in
-    memory, however long the range. If a day fails, nothing after it is written.
+    memory, however long the range. If a day fails, nothing after it is written: once a task of
+    the writer thread fails, those queued behind it do not run (`WriterHalted`), so the days
+    committed are always a prefix of the range, and each of them is yielded before the error
+    (the first failure, in the order of the days) is raised.
 
     A stored day is re-synced in the cheapest way that is still exact: if its pages are the
     very ones its last sync read (the client tells, from their digest, before parsing them) and
@@ -171,6 +182,24 @@ def sync_days(
     upcoming = iter(wanted)
     fetchers = ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laaffic-writer")
+    halted = threading.Event()  # set by the writer thread's first failure, or on leaving
+    failures: list[BaseException] = []
+
+    def on_writer(fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue `fn(*args)` on the writer thread. It runs only if no task before it failed: the
+        next day's write may already be queued when a write fails, and must not commit."""
+
+        def run() -> T:
+            if halted.is_set():
+                raise WriterHalted("not run: an earlier write failed or the sync was stopped")
+            try:
+                return fn(*args)
+            except BaseException as exc:
+                failures.append(exc)
+                halted.set()
+                raise
+
+        return writer.submit(run)
 
     def read_next() -> None:
         day = next(upcoming, None)
@@ -185,91 +214,102 @@ def sync_days(
         progress.add(synced)
         return synced
 
+    error: Exception | None = None
     try:
-        for _ in range(days_ahead + 1):
-            read_next()
-        while reads:
-            day, started, clock, read = reads.popleft()
-            try:
+        try:
+            for _ in range(days_ahead + 1):
+                read_next()
+            while reads:
+                day, started, clock, read = reads.popleft()
                 fetched = read.result()
-            except Exception:
-                while writes:  # days already handed to the writer commit: report them first
-                    yield written(writes.popleft())
-                raise
-            read_next()
-            stored_before = day in stored
+                read_next()
+                stored_before = day in stored
 
-            def log_if_unchanged(
-                day: date = day, fetched: WindowResult = fetched, started: datetime = started
-            ) -> WriteResult | None:
-                return write_unchanged_window(
-                    conn,
-                    window_date=day,
-                    window=fetched.window,
-                    time_zone=time_zone,
-                    received=fetched.received,
-                    stats=fetched.stats,
-                    started_at=started,
-                    run_id=run_id,
-                    window_digest=fetched.digest,
-                )
-
-            # A day whose pages are the very ones its last sync read is only logged.
-            shortcut = writer.submit(log_if_unchanged).result() if stored_before else None
-            if shortcut is None and fetched.unchanged:
-                # Its rows changed in the warehouse since (deleted, say): read it in full. Both
-                # reads' requests are counted (the log's `requests` is every request made).
-                again = client.fetch_window(fetched.window)
-                again.stats.add(requests=fetched.stats.requests, retries=fetched.stats.retries)
-                fetched = again
-            if shortcut is not None:
-                logged: Future[DaySync] = Future()
-                logged.set_result(
-                    DaySync(
-                        day, fetched.window, fetched.stats, shortcut, time.perf_counter() - clock
-                    )
-                )
-                writes.append(logged)
-            else:
-                records, payloads, hashes, skipped = _changed_records(
-                    writer, conn, day, time_zone, fetched.records, compare=stored_before
-                )
-                normalised = normalise_records(
-                    records, log=log.warning if log else None, payloads=payloads, hashes=hashes
-                )
-
-                def write(
-                    day: date = day,
-                    fetched: WindowResult = fetched,
-                    normalised: NormalisedWindow = normalised,
-                    started: datetime = started,
-                    clock: float = clock,
-                    skipped: int = skipped,
-                    first_load: bool = not stored_before,
-                ) -> DaySync:
-                    result = write_window(
+                def log_if_unchanged(
+                    day: date = day, fetched: WindowResult = fetched, started: datetime = started
+                ) -> WriteResult | None:
+                    return write_unchanged_window(
                         conn,
                         window_date=day,
                         window=fetched.window,
                         time_zone=time_zone,
-                        normalised=normalised,
+                        received=fetched.received,
                         stats=fetched.stats,
                         started_at=started,
                         run_id=run_id,
-                        skipped_unchanged=skipped,
-                        first_load=first_load,
                         window_digest=fetched.digest,
                     )
-                    return DaySync(
-                        day, fetched.window, fetched.stats, result, time.perf_counter() - clock
+
+                # A day whose pages are the very ones its last sync read is only logged.
+                shortcut = on_writer(log_if_unchanged).result() if stored_before else None
+                if shortcut is None and fetched.unchanged:
+                    # Its rows changed in the warehouse since (deleted, say): read it in full.
+                    # Both reads' requests are counted (the log's `requests` is every request
+                    # made).
+                    again = client.fetch_window(fetched.window)
+                    again.stats.add(requests=fetched.stats.requests, retries=fetched.stats.retries)
+                    fetched = again
+                if shortcut is not None:
+                    logged: Future[DaySync] = Future()
+                    logged.set_result(
+                        DaySync(
+                            day,
+                            fetched.window,
+                            fetched.stats,
+                            shortcut,
+                            time.perf_counter() - clock,
+                        )
+                    )
+                    writes.append(logged)
+                else:
+                    records, payloads, hashes, skipped = _changed_records(
+                        on_writer, conn, day, time_zone, fetched.records, compare=stored_before
+                    )
+                    normalised = normalise_records(
+                        records, log=log.warning if log else None, payloads=payloads, hashes=hashes
                     )
 
-                writes.append(writer.submit(write))
-            while writes and (writes[0].done() or len(writes) > 1):
+                    def write(
+                        day: date = day,
+                        fetched: WindowResult = fetched,
+                        normalised: NormalisedWindow = normalised,
+                        started: datetime = started,
+                        clock: float = clock,
+                        skipped: int = skipped,
+                        first_load: bool = not stored_before,
+                    ) -> DaySync:
+                        result = write_window(
+                            conn,
+                            window_date=day,
+                            window=fetched.window,
+                            time_zone=time_zone,
+                            normalised=normalised,
+                            stats=fetched.stats,
+                            started_at=started,
+                            run_id=run_id,
+                            skipped_unchanged=skipped,
+                            first_load=first_load,
+                            window_digest=fetched.digest,
+                        )
+                        return DaySync(
+                            day, fetched.window, fetched.stats, result, time.perf_counter() - clock
+                        )
+
+                    writes.append(on_writer(write))
+                while writes and (writes[0].done() or len(writes) > 1):
+                    yield written(writes.popleft())
+            while writes:
                 yield written(writes.popleft())
-        while writes:
-            yield written(writes.popleft())
+        except Exception as exc:  # a read, a normalisation or a write failed
+            error = exc
+        if error is not None:
+            # The days handed to the writer before the first failed write commit: report them
+            # (the writes behind a failed one did not run).
+            while writes and writes[0].exception() is None:
+                yield written(writes.popleft())
+            raise failures[0] if failures else error
     finally:
+        halted.set()  # leaving (a failure, or the caller stopped): start no further write
         progress.flush()
         for *_, read in reads:
             read.cancel()
@@ -278,7 +318,7 @@ def sync_days(
 
 
 def _changed_records(
-    writer: ThreadPoolExecutor,
+    on_writer: Callable[..., Future[list[bool]]],
     conn: psycopg.Connection,
     day: date,
     time_zone: str,
@@ -293,7 +333,7 @@ def _changed_records(
     hashes = fingerprints(payloads)
     if not compare:
         return records, payloads, hashes, 0
-    same = writer.submit(unchanged_records, conn, day, time_zone, records, hashes).result()
+    same = on_writer(unchanged_records, conn, day, time_zone, records, hashes).result()
     changed = [i for i, keep in enumerate(same) if not keep]
     skipped = len(records) - len(changed)
     if skipped:

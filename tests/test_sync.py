@@ -1,7 +1,12 @@
 """pipelines.sync: days end to end, and the re-sync that skips records identical to what it
 last wrote (without ever leaving a changed or missing row behind)."""
 
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
+from types import FrameType
+from typing import Any
 
 import psycopg
 import pytest
@@ -158,3 +163,76 @@ def test_resync_of_a_day_with_the_same_pages_skips_it_unread_unless_in_doubt(
     assert moved > 0
     changed = sync_day(client, conn, DAY, time_zone=TZ)
     assert (changed.write.updated, changed.write.unchanged) == (moved, total - moved)
+
+
+def _writer_submissions(then: Callable[[int], None]) -> Callable[[FrameType, str, Any], None]:
+    """A profile function for this thread calling `then(n)` once its n-th task has been handed
+    to a `laaffic-writer` thread pool (the return of `ThreadPoolExecutor.submit`)."""
+    submitted = 0
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal submitted
+        if (
+            event == "return"
+            and frame.f_code is ThreadPoolExecutor.submit.__code__
+            and frame.f_locals["self"]._thread_name_prefix == "laaffic-writer"
+        ):
+            submitted += 1
+            then(submitted)
+
+    return profile
+
+
+@pytest.mark.parametrize("queued_is_stored", [True, False], ids=["queued-log", "queued-write"])
+def test_a_failed_write_stops_the_writes_queued_behind_it(
+    client: LaafficClient, conn: psycopg.Connection, database_url: str, queued_is_stored: bool
+) -> None:
+    first, failing, queued, last = (DAY + timedelta(days=n) for n in range(4))
+    # `first` (and `queued`, if stored) are unchanged upstream: re-syncing them only logs them,
+    # on the writer thread; a day not stored is written there in full.
+    before = [first, queued] if queued_is_stored else [first]
+    assert [s.day for s in sync_days(client, conn, before, time_zone=TZ)] == before
+    # `failing`'s write, once it reaches its sync-log row, waits for a lock this test holds,
+    # then raises. The lock is let go only once `queued`'s log or write has been handed to the
+    # writer thread behind it: the order the reviewer's repro met by chance, every time.
+    conn.execute(
+        f"""
+        CREATE FUNCTION test_fail_one_day() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.window_date = DATE '{failing}' THEN
+                PERFORM pg_advisory_xact_lock(4242);
+                RAISE EXCEPTION 'injected failure of %', NEW.window_date;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_fail_one_day BEFORE INSERT ON group_call_sync_log
+            FOR EACH ROW EXECUTE FUNCTION test_fail_one_day();
+        """
+    )
+    conn.commit()
+    yielded: list[date] = []
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(4242)")
+
+        def release(submitted: int) -> None:
+            if submitted == 3:  # `first` logged, `failing` written, then `queued`
+                gate.execute("SELECT pg_advisory_unlock(4242)")
+
+        previous = sys.getprofile()
+        sys.setprofile(_writer_submissions(release))
+        try:
+            with pytest.raises(psycopg.errors.RaiseException, match="injected failure"):
+                for synced in sync_days(
+                    client, conn, [first, failing, queued, last], time_zone=TZ, run_id="failing"
+                ):
+                    yielded.append(synced.day)
+        finally:
+            sys.setprofile(previous)
+    # This run wrote only the days before the failed one, and reported each of them.
+    assert yielded == [first]
+    logged = conn.execute(
+        "SELECT window_date FROM group_call_sync_log WHERE run_id = 'failing' ORDER BY sync_id"
+    ).fetchall()
+    assert [d for (d,) in logged] == [first]
+    stored = conn.execute("SELECT DISTINCT created_date FROM group_call_tasks").fetchall()
+    assert sorted(d for (d,) in stored) == before
