@@ -5,6 +5,7 @@ from datetime import date, timedelta
 
 from dagster import (
     AssetExecutionContext,
+    AssetMaterialization,
     BackfillPolicy,
     Backoff,
     BetaWarning,
@@ -28,7 +29,7 @@ from pipelines.laaffic.errors import (
     LaafficHttpError,
 )
 from pipelines.settings import Settings
-from pipelines.sync import sync_days
+from pipelines.sync import DaySync, sync_days
 from pipelines.warehouse.queries import TABLE, table_columns, table_row_count
 
 SETTINGS = Settings.from_env()
@@ -70,10 +71,12 @@ def group_call_tasks(
 ) -> MaterializeResult:
     """Sync every day of the run's partition range, each committed on its own (a failure keeps
     the days already done). Each partition's materialization carries that day's own figures; the
-    table-wide ones (row count, column schema) go once, on the run's last partition."""
+    table-wide ones (row count, column schema) go once, on the run's last partition. If the step
+    fails, the days already committed are still recorded as materialized, with their figures:
+    only the others show as failed."""
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
-    done: list[str] = []
+    committed: list[DaySync] = []
     fatal = (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError)
     try:
         with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
@@ -87,14 +90,33 @@ def group_call_tasks(
                 log=context.log,
                 days_ahead=laaffic.days_ahead,
             ):
+                committed.append(synced)
                 context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
-                done.append(synced.partition_key)
             columns = table_columns(conn)
             rows = table_row_count(conn)
-    except fatal as exc:
+    except Exception as exc:
         # Wrong credentials, IP, request or clock: retrying the step cannot help.
-        kept = f"; {len(done)} day(s) were committed before it ({', '.join(done)})" if done else ""
-        raise Failure(description=f"{exc}{kept}", allow_retries=False) from exc
+        retry = not isinstance(exc, fatal) and getattr(exc, "allow_retries", True)
+        if not committed:
+            if retry:
+                raise
+            raise Failure(description=str(exc), allow_retries=False) from exc
+        cause = f"{type(exc).__name__}: {exc}" if retry else str(exc)
+        # The metadata added above goes out only with a successful step's output: without these
+        # events Dagster would mark every partition of the range failed, committed days too.
+        for synced in committed:
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=context.asset_key,
+                    partition=synced.partition_key,
+                    metadata=synced.metadata(),
+                )
+            )
+        kept = [s.partition_key for s in committed]
+        raise Failure(
+            description=f"{cause}; {len(kept)} day(s) were committed before it ({', '.join(kept)})",
+            allow_retries=retry,
+        ) from exc
     # Not in the MaterializeResult: its metadata would be copied onto every partition of the
     # range (a year's backfill stored the 28-column schema 365 times, 1.8 to 2.7 ms an event).
     context.add_asset_metadata(
@@ -108,6 +130,6 @@ def group_call_tasks(
                 f"```sql\nSELECT * FROM {TABLE} WHERE created_date = '<partition>';\n```"
             ),
         },
-        partition_key=done[-1],
+        partition_key=committed[-1].partition_key,
     )
     return MaterializeResult()

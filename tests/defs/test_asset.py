@@ -3,16 +3,30 @@ of a single-run range carries its own metadata."""
 
 from __future__ import annotations
 
+import warnings
 from datetime import date
 
 import psycopg
-from dagster import AssetKey, DagsterInstance, materialize
+import pytest
+from dagster import (
+    AssetKey,
+    AssetPartitionStatus,
+    AssetsDefinition,
+    BetaWarning,
+    DagsterInstance,
+    asset,
+    materialize,
+)
+from dagster._core.definitions.decorators.op_decorator import DecoratedOpFunction
 
-from pipelines.defs.assets import group_call_tasks
+from pipelines.defs.assets import DAILY_PARTITIONS, group_call_tasks
 from pipelines.defs.checks import no_new_rejects, row_count_matches_api, task_invariants_hold
 from pipelines.defs.resources import LaafficApiResource, WarehouseResource
 from pipelines.laaffic.simulator import SimulatorServer
+from pipelines.warehouse.writer import ensure_schema
 from tests.defs.helpers import (
+    SIM_KEY,
+    SIM_SECRET,
     days_between,
     range_tags,
     resources,
@@ -199,3 +213,102 @@ def test_run_without_credentials_fails_at_once_naming_them(database_url: str) ->
         with psycopg.connect(database_url) as conn:
             row = conn.execute("SELECT to_regclass('group_call_tasks')").fetchone()
         assert row == (None,)
+
+
+def _without_step_retries(assets_def: AssetsDefinition) -> AssetsDefinition:
+    """The same asset function and partitions, without the step's RetryPolicy."""
+    compute = assets_def.op.compute_fn
+    assert isinstance(compute, DecoratedOpFunction)
+    with warnings.catch_warnings():  # backfill_policy is beta (see pipelines/defs/assets.py)
+        warnings.simplefilter("ignore", BetaWarning)
+        return asset(
+            name=assets_def.key.path[-1],
+            partitions_def=assets_def.partitions_def,
+            backfill_policy=assets_def.backfill_policy,
+        )(compute.decorated_fn)
+
+
+@pytest.mark.parametrize("fault", ["api-refusal", "write-failure"])
+def test_a_failed_range_run_keeps_the_committed_days_materialized_with_their_figures(
+    simulator: SimulatorServer, database_url: str, fault: str
+) -> None:
+    counts = {day: len(simulator.simulator.store.day(day)) for day in WEEK}
+    committed, failed = WEEK[:3], WEEK[3:]
+    asset_def = group_call_tasks
+    if fault == "api-refusal":
+        # Days are read one after the other (one page each): the fourth request, the fourth
+        # day's, is refused with -1 (wrong credentials), which fails the step without a retry.
+        simulator.simulator.script("ok", "ok", "ok", "-1")
+        cause = "LAAFFIC API code -1 (authentication error)"
+    else:
+        # The fourth day's write raises in the database (its step would be retried; not here).
+        with psycopg.connect(database_url) as conn:
+            ensure_schema(conn, database_url)
+            conn.execute(
+                f"""
+                CREATE FUNCTION test_fail_one_day() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.window_date = DATE '{WEEK[3]}' THEN
+                        RAISE EXCEPTION 'injected failure';
+                    END IF;
+                    RETURN NEW;
+                END $$;
+                CREATE TRIGGER test_fail_one_day BEFORE INSERT ON group_call_sync_log
+                    FOR EACH ROW EXECUTE FUNCTION test_fail_one_day();
+                """
+            )
+        cause = "RaiseException: injected failure"
+        # Such a failure is retried by the asset's RetryPolicy, 30 s and more later: run the
+        # asset's own function without it, so the run ends on this first failure.
+        asset_def = _without_step_retries(group_call_tasks)
+    sequential = resources(simulator, database_url) | {
+        "laaffic": LaafficApiResource(
+            base_url=simulator.url,
+            api_key=SIM_KEY,
+            api_secret=SIM_SECRET,
+            backoff_base_seconds=0.001,
+            days_ahead=0,
+        )
+    }
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [asset_def],
+            resources=sequential,
+            instance=instance,
+            tags=range_tags(WEEK[0], WEEK[-1]),
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert stored_days(database_url) == {day: counts[day] for day in committed}
+
+        # The failure says what went wrong and names the days it kept.
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert len(failures) == 1
+        error = failures[0].step_failure_data.error  # type: ignore[union-attr]
+        assert error is not None
+        assert cause in error.message
+        assert "3 day(s) were committed before it (2024-06-01, 2024-06-02, 2024-06-03)" in (
+            error.message
+        )
+
+        # Those days are materialized, each with its own figures; only the rest failed.
+        status = instance.get_status_by_partition(
+            AssetKey("group_call_tasks"), [d.isoformat() for d in WEEK], DAILY_PARTITIONS
+        )
+        assert status == {
+            **{d.isoformat(): AssetPartitionStatus.MATERIALIZED for d in committed},
+            **{d.isoformat(): AssetPartitionStatus.FAILED for d in failed},
+        }
+        records = instance.fetch_materializations(AssetKey("group_call_tasks"), limit=100).records
+        per_partition = {
+            date.fromisoformat(r.partition_key or ""): dict(r.asset_materialization.metadata)  # type: ignore[union-attr]
+            for r in records
+        }
+        assert sorted(per_partition) == committed
+        assert {r.run_id for r in records} == {result.run_id}
+        for day, metadata in per_partition.items():
+            assert _value(metadata, "api_total") == counts[day], day
+            assert _value(metadata, "inserted") == counts[day], day
+            assert _value(metadata, "dagster/partition_row_count") == counts[day], day
+            assert _value(metadata, "window") == f"[{day} 00:00:00 .. {day} 23:59:59]", day
