@@ -1,12 +1,15 @@
 """Sensors: follow in-progress tasks until they are final, and evaluate freshness on a timer."""
 
 import warnings
-from datetime import datetime, timedelta
+from collections import Counter
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -14,12 +17,31 @@ from dagster import (
     build_sensor_for_freshness_checks,
     sensor,
 )
+from dagster._core.storage.tags import RUN_KEY_TAG
 
 from pipelines.defs.assets import DAILY_PARTITIONS, SETTINGS
 from pipelines.defs.checks import FRESHNESS_CHECKS
 from pipelines.defs.resources import WarehouseResource
 from pipelines.defs.schedules import DAILY_SYNC_JOB
 from pipelines.warehouse.queries import open_task_days
+
+REASON_TAG = "laaffic/reason"
+#: The day's state a refresh was requested for: `open-tasks:<day>:after-sync-<latest sync_id>`.
+STATE_TAG = "laaffic/open_tasks_state"
+FAILED_STATUSES = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> Counter[str]:
+    """How many refreshes requested by this sensor since `since` failed or were canceled, per
+    state (runs requested before STATE_TAG existed carry their state as their run key)."""
+    runs = context.instance.get_runs(
+        filters=RunsFilter(
+            tags={REASON_TAG: "open-tasks"}, statuses=FAILED_STATUSES, created_after=since
+        )
+    )
+    return Counter(
+        state for run in runs if (state := run.tags.get(STATE_TAG) or run.tags.get(RUN_KEY_TAG))
+    )
 
 
 @sensor(
@@ -29,14 +51,16 @@ from pipelines.warehouse.queries import open_task_days
     description=(
         "Re-syncs exactly the days whose stored tasks are still in progress (status 0, 1, 5, 6) "
         f"until they are final, for {SETTINGS.open_tasks_horizon_days} days after creation. "
-        "One run per day; its run key is the day's latest sync, so a day whose refresh is "
-        "still queued or running is never requested twice."
+        "One run per day; its run key is the day's latest sync and the number of refreshes of it "
+        "that failed or were canceled, so a refresh queued, running or done is never requested "
+        "twice, and a failed one is requested again on a later tick."
     ),
 )
 def open_tasks_sensor(
     context: SensorEvaluationContext, warehouse: WarehouseResource
 ) -> SensorResult | SkipReason:
-    today = datetime.now(ZoneInfo(SETTINGS.timezone)).date()
+    zone = ZoneInfo(SETTINGS.timezone)
+    today = datetime.now(zone).date()
     since = max(
         DAILY_PARTITIONS.start.date(), today - timedelta(days=SETTINGS.open_tasks_horizon_days)
     )
@@ -45,21 +69,31 @@ def open_tasks_sensor(
         open_days = open_task_days(conn, since, last_complete_day)
     if not open_days:
         return SkipReason(f"no stored task created since {since} is still in progress")
-    context.log.info(
-        "open tasks on %d day(s): %s",
-        len(open_days),
-        ", ".join(f"{d.day} ({d.open_tasks})" for d in open_days),
-    )
-    return SensorResult(
-        run_requests=[
+    # Runs are stored with UTC times: a refresh of a day since `since` was created after it.
+    failed = failed_refreshes(context, datetime.combine(since, time.min, zone).astimezone(UTC))
+    requests: list[RunRequest] = []
+    notes: list[str] = []
+    for d in open_days:
+        state = f"open-tasks:{d.day}:after-sync-{d.last_sync_id}"
+        # Dagster launches no second run with a key a run already has, whatever became of it:
+        # after failed or canceled refreshes of this state, the key says how many.
+        retries = failed[state]
+        requests.append(
             RunRequest(
-                run_key=f"open-tasks:{d.day}:after-sync-{d.last_sync_id}",
+                run_key=f"{state}:retry-{retries}" if retries else state,
                 partition_key=d.day.isoformat(),
-                tags={"laaffic/reason": "open-tasks", "laaffic/open_tasks": str(d.open_tasks)},
+                tags={
+                    REASON_TAG: "open-tasks",
+                    STATE_TAG: state,
+                    "laaffic/open_tasks": str(d.open_tasks),
+                },
             )
-            for d in open_days
-        ]
-    )
+        )
+        notes.append(
+            f"{d.day} ({d.open_tasks}; retry {retries})" if retries else f"{d.day} ({d.open_tasks})"
+        )
+    context.log.info("open tasks on %d day(s): %s", len(open_days), ", ".join(notes))
+    return SensorResult(run_requests=requests)
 
 
 with warnings.catch_warnings():  # superseded along with the partition-aware checks it runs

@@ -7,17 +7,25 @@ import psycopg
 from dagster import (
     AssetKey,
     DagsterInstance,
+    DagsterRunStatus,
+    RunRequest,
+    RunsFilter,
     SensorResult,
     SkipReason,
     build_sensor_context,
     materialize,
 )
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from pipelines.definitions import defs
 from pipelines.defs.assets import SETTINGS, group_call_tasks
 from pipelines.defs.resources import LaafficApiResource, WarehouseResource
-from pipelines.defs.sensors import open_tasks_sensor
+from pipelines.defs.schedules import DAILY_SYNC_JOB
+from pipelines.defs.sensors import STATE_TAG, open_tasks_sensor
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
+
+SENSOR = "open_tasks_sensor"
 
 
 def _recent_days(count: int) -> list[date]:
@@ -137,3 +145,75 @@ def test_sensor_skips_when_nothing_is_open(simulator: SimulatorServer, database_
             partition_key=days[0].isoformat(),
         )
         assert isinstance(_evaluate(instance, database_url), SkipReason)
+
+
+def _request_for(result: SensorResult | SkipReason, day: str) -> RunRequest:
+    assert isinstance(result, SensorResult)
+    (request,) = [r for r in result.run_requests if r.partition_key == day]
+    assert isinstance(request, RunRequest)
+    return request
+
+
+def test_a_failed_or_canceled_refresh_is_requested_again_under_a_new_run_key(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    days = _recent_days(7)
+    resources = _resources(simulator, database_url)
+    with DagsterInstance.ephemeral() as instance:
+        materialize(
+            [group_call_tasks],
+            resources=resources,
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": days[0].isoformat(),
+                "dagster/asset_partition_range_end": days[-1].isoformat(),
+            },
+        )
+        first = _evaluate(instance, database_url)
+        assert isinstance(first, SensorResult) and first.run_requests
+        keys = {r.partition_key: r.run_key for r in first.run_requests}
+        day = first.run_requests[0].partition_key or ""
+        request = _request_for(first, day)
+
+        # The run the daemon launches for it fails: the API refuses both reads of the stored
+        # day (the hashing pass, then the full read). It synced nothing, so the day's latest
+        # sync, its state, is unchanged. (Tagged as the sensor tagged runs before STATE_TAG: a
+        # day frozen by a failed refresh before this sensor counted failures thaws too.)
+        simulator.simulator.script("-1", "-1")
+        old_tags = {k: v for k, v in request.tags.items() if k != STATE_TAG}
+        failed = materialize(
+            [group_call_tasks],
+            resources=resources,
+            instance=instance,
+            partition_key=day,
+            tags={**old_tags, RUN_KEY_TAG: request.run_key or "", SENSOR_NAME_TAG: SENSOR},
+            raise_on_error=False,
+        )
+        assert not failed.success
+
+        # Its refresh is requested again, under a key no run has (Dagster would skip a key a
+        # run already has); the other days are asked for as before.
+        retry = _request_for(_evaluate(instance, database_url), day)
+        assert retry.run_key not in (None, request.run_key)
+        assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: retry.run_key or ""}))
+        again = _evaluate(instance, database_url)
+        assert isinstance(again, SensorResult)
+        assert {r.partition_key: r.run_key for r in again.run_requests} == {
+            **keys,
+            day: retry.run_key,
+        }
+
+        # While that refresh is queued or running, the key stays (so it is not requested
+        # twice); once it is canceled, the refresh is requested again under yet another key.
+        job = defs.resolve_job_def(DAILY_SYNC_JOB.name)
+        running = instance.create_run_for_job(
+            job,
+            status=DagsterRunStatus.STARTED,
+            tags={**retry.tags, RUN_KEY_TAG: retry.run_key or "", SENSOR_NAME_TAG: SENSOR},
+        )
+        assert _request_for(_evaluate(instance, database_url), day).run_key == retry.run_key
+        instance.report_run_canceled(running)
+        assert instance.get_run_by_id(running.run_id).status == DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+        third = _request_for(_evaluate(instance, database_url), day)
+        assert third.run_key not in (request.run_key, retry.run_key)
+        assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: third.run_key or ""}))
