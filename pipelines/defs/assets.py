@@ -77,6 +77,7 @@ def group_call_tasks(
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
     committed: list[DaySync] = []
+    # Wrong credentials, IP, request or clock: retrying the step cannot help.
     fatal = (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError)
     try:
         with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
@@ -95,7 +96,6 @@ def group_call_tasks(
             columns = table_columns(conn)
             rows = table_row_count(conn)
     except Exception as exc:
-        # Wrong credentials, IP, request or clock: retrying the step cannot help.
         retry = not isinstance(exc, fatal) and getattr(exc, "allow_retries", True)
         if not committed:
             if retry:
