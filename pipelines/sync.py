@@ -233,7 +233,6 @@ def sync_days(
                         window_date=day,
                         window=fetched.window,
                         time_zone=time_zone,
-                        received=fetched.received,
                         stats=fetched.stats,
                         started_at=started,
                         run_id=run_id,

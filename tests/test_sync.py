@@ -15,6 +15,7 @@ from pipelines.laaffic.client import LaafficClient
 from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.sync import sync_day, sync_days
 from pipelines.warehouse.writer import connect, ensure_schema
+from tests.laaffic.helpers import repeat_some_rows
 
 DAY = date(2024, 6, 4)
 TZ = "Asia/Shanghai"
@@ -163,6 +164,32 @@ def test_resync_of_a_day_with_the_same_pages_skips_it_unread_unless_in_doubt(
     assert moved > 0
     changed = sync_day(client, conn, DAY, time_zone=TZ)
     assert (changed.write.updated, changed.write.unchanged) == (moved, total - moved)
+
+
+def test_the_shortcut_logs_the_rows_its_last_sync_received_not_the_api_total(
+    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+) -> None:
+    """`total` also counts rows the API lists twice and records without a usable taskId; the
+    day's rows are fewer. A sync that only logs unchanged pages logs what the last one received."""
+    store = simulator.simulator.store
+    record = dict(store.day(DAY)[0].record)
+    del record["taskId"]
+    store.add_raw(DAY, record)
+    repeat_some_rows(store, every=7)
+    first = sync_day(client, conn, DAY, time_zone=TZ)
+    rows = len(store.day(DAY)) - 1
+    assert first.fetch.api_total > rows == first.write.received
+
+    conn.execute("TRUNCATE group_call_task_fingerprints")  # a full comparison writes them back
+    conn.commit()
+
+    again = sync_day(client, conn, DAY, time_zone=TZ)
+
+    assert _fingerprints(conn) == 0  # the shortcut was taken
+    assert (again.write.received, again.write.unchanged) == (rows, rows)
+    assert conn.execute(
+        "SELECT received, unchanged FROM group_call_sync_log ORDER BY sync_id DESC LIMIT 1"
+    ).fetchone() == (rows, rows)
 
 
 def _writer_submissions(then: Callable[[int], None]) -> Callable[[FrameType, str, Any], None]:

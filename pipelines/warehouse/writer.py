@@ -274,7 +274,6 @@ def write_unchanged_window(
     window_date: date,
     window: TimeWindow,
     time_zone: str,
-    received: int,
     stats: FetchStats,
     started_at: datetime,
     run_id: str | None = None,
@@ -282,14 +281,14 @@ def write_unchanged_window(
 ) -> WriteResult | None:
     """A re-sync's shortcut, in one statement: if the day's last sync read exactly these API
     pages (`window_digest`, see `WindowResult.digest`) with the same time zone and parsing rules,
-    and the day still holds the rows that sync left, log this sync (all `received` records
-    unchanged) and return what it did. Otherwise write nothing and return None: in any doubt
-    (no digest logged, rows deleted or moved since) the records are compared one by one."""
+    and the day still holds as many rows as that sync left, log this sync (the rows that sync
+    received, all unchanged) and return what it did. Otherwise write nothing and return None: in
+    any doubt (no digest logged, rows deleted or moved since) the records are compared one by
+    one. Rows edited in the warehouse itself are not looked for: the API is read, not the table."""
     with conn.transaction():
         row = conn.execute(
             _LOG_UNCHANGED_SYNC,
-            _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest)
-            | {"received": received},
+            _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest),
         ).fetchone()
     return None if row is None else WriteResult(*map(int, row))
 
@@ -308,9 +307,12 @@ _LOG_SYNC = sql.SQL("INSERT INTO group_call_sync_log ({}) VALUES ({})").format(
 )
 #: The day's figures for an unchanged sync; every other column is a parameter, as in _LOG_SYNC.
 _UNCHANGED_FIGURES = {
+    # The same pages hold the same rows: as many as the last sync received (`api_total` would
+    # also count rows the API listed twice and records without a usable taskId).
+    "received": "last.received",
     "inserted": "0",
     "updated": "0",
-    "unchanged": "%(received)s",
+    "unchanged": "last.received",
     "rejected": "0",
     "new_rejects": "0",
     "open_tasks": "day.open_tasks",
@@ -321,7 +323,7 @@ _UNCHANGED_FIGURES = {
 _LOG_UNCHANGED_SYNC = sql.SQL(
     """
     WITH last AS (
-        SELECT time_zone, normaliser_version, window_digest, partition_rows
+        SELECT time_zone, normaliser_version, window_digest, partition_rows, received
         FROM group_call_sync_log WHERE window_date = %(window_date)s
         ORDER BY sync_id DESC LIMIT 1
     ), day AS (
