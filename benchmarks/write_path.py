@@ -12,7 +12,9 @@ median is reported):
   reference, the same COPY from text encoded beforehand (the server's share alone);
 - the pipeline's write path on an empty table (`write_window`: staging COPY, change-aware upsert,
   rejects, sync-log row, one transaction) — and with `normalise_records` included;
-- `write_window` again with the same, unchanged window (nothing rewritten).
+- `write_window` again with the same, unchanged window (nothing rewritten);
+- `write_window` of the same records with one field refused in each (`acd` sent as "n/a", as
+  when the API starts sending a field in a new shape): the rejects' share of the write.
 
 Only the ratios matter (target: upsert rate / plain COPY rate >= 0.5); absolute times depend on
 the machine. Nothing here asserts.
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         "copy_text": [],
         "insert": [],
         "rewrite": [],
+        "rejects": [],
     }
+    refused = normalise_records([dict(record, acd="n/a") for record in records])
     with fresh_database() as (url, where), psycopg.connect(url, autocommit=True) as conn:
         version = conn.execute("SHOW server_version").fetchone()
         apply_migrations(conn)
@@ -187,6 +191,16 @@ def main(argv: list[str] | None = None) -> None:
             times["rewrite"].append(seconds)
             assert (first.inserted, again.unchanged) == (len(normalised.rows),) * 2
             assert first.rejected == 0
+            conn.execute(
+                "TRUNCATE group_call_tasks, group_call_task_fingerprints, "
+                "group_call_task_rejects, group_call_sync_log"
+            )
+            seconds, bad = timed(lambda: write(conn, refused))
+            times["rejects"].append(seconds)
+            assert bad.rejected == bad.inserted == len(refused.rows)
+            conn.execute(  # what the next round's writes would otherwise resolve or compare
+                "TRUNCATE group_call_task_fingerprints, group_call_task_rejects"
+            )
         stored = conn.execute(
             f"SELECT (SELECT count(*) FROM {PLAIN}), count(*) FROM group_call_tasks"
         )
@@ -207,12 +221,14 @@ def main(argv: list[str] | None = None) -> None:
     print(line("write_window, first insert (upsert path)", median["insert"]))
     print(line("normalise + write_window, first insert", median["normalise"] + median["insert"]))
     print(line("write_window, unchanged re-write", median["rewrite"]))
+    print(line("write_window, first insert, a reject per row", median["rejects"]))
     print("rate ratios (target for the upsert: >= 0.5 of the plain COPY rate):")
     copy, insert = median["copy"], median["insert"]
     print(ratio("upsert / plain COPY", copy, insert, "<- the target"))
     print(ratio("normalise + upsert / plain COPY", copy, median["normalise"] + insert))
     print(ratio("unchanged re-write / plain COPY", copy, median["rewrite"]))
     print(ratio("upsert / pre-encoded COPY", median["copy_text"], insert, "(stricter)"))
+    print(ratio("upsert with a reject per row / upsert", insert, median["rejects"]))
     rounds = ", ".join(f"{k}={[round(v, 2) for v in vs]}" for k, vs in times.items())
     print(f"all rounds (s): {rounds}")
 
