@@ -391,7 +391,7 @@ def test_rejects_stored_before_reported_at_existed_count_as_reported(
     conn.execute(insert, (1,))
     conn.commit()
 
-    assert apply_migrations(conn) == ["007_rejects_reported_at.sql"]
+    assert "007_rejects_reported_at.sql" in apply_migrations(conn)
     conn.execute(insert, (2,))
     rows = conn.execute(
         "SELECT task_id, reported_at IS NOT NULL FROM group_call_task_rejects ORDER BY task_id"

@@ -454,7 +454,8 @@ def test_daily_rollup_sums_per_day_and_currency(migrated: psycopg.Connection) ->
         day: make_records(day, 80, seed=n, first_id=1_000_000 * (n + 1), open_fraction=0.3)
         for n, day in enumerate(days)
     }
-    by_day[days[0]][0]["answeredNum"] = None  # NULLs are skipped by the sums, as in SQL
+    # NULLs are skipped by the sums, as in SQL, and a task without answeredNum by the answer rate.
+    by_day[days[0]][0]["answeredNum"] = None
     for day, records in by_day.items():
         write(migrated, records, day)
 
@@ -464,6 +465,7 @@ def test_daily_rollup_sums_per_day_and_currency(migrated: psycopg.Connection) ->
     expected: dict[tuple[date, str], dict[str, Any]] = defaultdict(
         lambda: defaultdict(lambda: Decimal(0))
     )
+    rate_calls: dict[tuple[date, str], int] = defaultdict(int)
     for day, records in by_day.items():
         for r in records:
             row = expected[(day, r["taskSumPayFee"][-4:-1])]
@@ -472,16 +474,19 @@ def test_daily_rollup_sums_per_day_and_currency(migrated: psycopg.Connection) ->
             row["numbers"] += r["numCnt"]
             row["calls"] += r["callNum"]
             row["answered"] += r["answeredNum"] or 0
+            rate_calls[(day, r["taskSumPayFee"][-4:-1])] += (
+                r["callNum"] if r["answeredNum"] is not None else 0
+            )
             row["billed_call_seconds"] += r["chargeLen"]
             row["billed_agent_seconds"] += r["agentTotalFeetime"]
             row["group_call_spend"] += amount(r["groupCallPayFee"])
             row["sms_spend"] += amount(r["smsPayFee"])
             row["agent_spend"] += amount(r["agentFee"])
             row["total_spend"] += amount(r["taskSumPayFee"])
-    for row in expected.values():
+    for key, row in expected.items():
         row["answer_rate_pct"] = (
-            (100 * row["answered"] / row["calls"]).quantize(Decimal("0.01"), ROUND_HALF_UP)
-            if row["calls"]
+            (100 * row["answered"] / rate_calls[key]).quantize(Decimal("0.01"), ROUND_HALF_UP)
+            if rate_calls[key]
             else None
         )
     assert {currency for _, currency in expected} == {"USD", "EUR"}
@@ -491,3 +496,62 @@ def test_daily_rollup_sums_per_day_and_currency(migrated: psycopg.Connection) ->
         for row in _dicts(migrated, "SELECT * FROM group_call_daily_summary")
     }
     assert got == {key: dict(value) for key, value in expected.items()}
+
+
+def test_daily_rollup_keeps_refused_values_out_of_the_wrong_sums(
+    migrated: psycopg.Connection,
+) -> None:
+    """A refused value is NULL in its column: the task still counts under its own currency (its
+    other fees'), each fee is summed under its own currency only, the answer rate is taken over
+    tasks whose callNum and answeredNum are both known, and an unknown status is not open."""
+    day = date(2024, 6, 4)
+    records = make_records(day, 60, seed=7, open_fraction=0.3, eur_fraction=0.5)
+    usd = next(r for r in records if r["taskSumPayFee"].endswith("(USD)") and r["callNum"])
+    eur = next(r for r in records if r["taskSumPayFee"].endswith("(EUR)") and r["callNum"])
+    unanswered = next(r for r in records if r["callNum"] and r not in (usd, eur))
+    unknown = next(r for r in records if r["status"] in OPEN_STATUSES and r not in (usd, eur))
+    usd["taskSumPayFee"] = "10 USD"
+    eur["taskSumPayFee"] = "20 EUR"
+    unanswered["answeredNum"] = "n/a"
+    unknown["status"] = 9
+    assert write(migrated, records, day).rejected == 4
+
+    def fee(text: str) -> tuple[Decimal, str] | None:
+        if not text.endswith(")") or "(" not in text:
+            return None
+        value, currency = text[:-1].split("(")
+        return Decimal(value), currency
+
+    def currency(r: dict[str, Any]) -> str:
+        known = fee(r["taskSumPayFee"]) or fee(r["groupCallPayFee"])
+        assert known is not None
+        return known[1]
+
+    expected = {}
+    for cur in ("USD", "EUR"):
+        mine = [r for r in records if currency(r) == cur]
+        rated = [r for r in mine if isinstance(r["answeredNum"], int)]
+        expected[cur] = {
+            "tasks": len(mine),
+            "open_tasks": sum(r["status"] in OPEN_STATUSES for r in mine),
+            "answer_rate_pct": (
+                100
+                * Decimal(sum(r["answeredNum"] for r in rated))
+                / sum(r["callNum"] for r in rated)
+            ).quantize(Decimal("0.01"), ROUND_HALF_UP),
+            **{
+                column: sum(
+                    (f[0] for r in mine if (f := fee(r[field])) and f[1] == cur), Decimal(0)
+                )
+                for column, field in (
+                    ("group_call_spend", "groupCallPayFee"),
+                    ("sms_spend", "smsPayFee"),
+                    ("total_spend", "taskSumPayFee"),
+                )
+            },
+        }
+    got = {
+        row.pop("currency"): {k: row[k] for k in expected["USD"]}
+        for row in _dicts(migrated, "SELECT * FROM group_call_daily_summary")
+    }
+    assert got == expected
