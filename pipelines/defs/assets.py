@@ -31,6 +31,7 @@ from pipelines.laaffic.errors import (
 from pipelines.settings import Settings
 from pipelines.sync import DaySync, sync_days
 from pipelines.warehouse.queries import TABLE, table_columns, table_row_count
+from pipelines.warehouse.writer import WarehouseUrlError
 
 SETTINGS = Settings.from_env()
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
@@ -77,8 +78,14 @@ def group_call_tasks(
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
     committed: list[DaySync] = []
-    # Wrong credentials, IP, request or clock: retrying the step cannot help.
-    fatal = (LaafficConfigError, LaafficApiError, LaafficClockSkewError, LaafficHttpError)
+    # Wrong credentials, IP, request, clock or warehouse URL: retrying the step cannot help.
+    fatal = (
+        LaafficConfigError,
+        LaafficApiError,
+        LaafficClockSkewError,
+        LaafficHttpError,
+        WarehouseUrlError,
+    )
     try:
         with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
             # sync_days yields every day it commits, also those in flight when a read fails.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -11,11 +12,33 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+#: scheme://user:<password>@host...: the password runs to the *last* @, so that one written
+#: with an unescaped #, /, ? or @ (which a URL parser reads as the end of the host, or as the
+#: host itself) is still hidden whole.
+_USERINFO = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):(?P<secret>.*)@(?P<tail>[^@]*)", re.S
+)
+#: key=value connection strings: password=...
+_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by ***, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    """The URL with its password replaced by ***, fit for logs and error messages (also when the
+    password holds characters it should have had percent-encoded)."""
+    if match := _USERINFO.fullmatch(url):
+        return f"{match['head']}:***@{match['tail']}"
+    return _KEYWORD.sub(lambda m: f"{m['head']}***", url)
+
+
+def hide_password(text: str, url: str) -> str:
+    """`text` (a driver's error message, say) with any piece of `url`'s password taken out: a
+    password with an unescaped @ is split by the driver, which then names a piece of it as the
+    host."""
+    match = _USERINFO.fullmatch(url) or _KEYWORD.search(url)
+    if match is None:
+        return text
+    secret = match["secret"].strip("'")
+    for piece in sorted({secret, *re.split(r"[@/#?:]", secret)}, key=len, reverse=True):
+        if len(piece) >= 2:
+            text = text.replace(piece, "***")
+    return text

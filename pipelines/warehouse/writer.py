@@ -26,7 +26,7 @@ from pipelines.warehouse.normalise import (
     NormalisedWindow,
 )
 from pipelines.warehouse.queries import IS_FINAL, IS_OPEN
-from pipelines.warehouse.urls import redact
+from pipelines.warehouse.urls import hide_password, redact
 
 UPSERT_SQL = (SQL_DIR / "dml" / "upsert_group_call_tasks.sql").read_bytes()
 UPSERT_FINGERPRINTS_SQL = (SQL_DIR / "dml" / "upsert_group_call_task_fingerprints.sql").read_bytes()
@@ -122,6 +122,10 @@ class WarehouseError(RuntimeError):
     """The warehouse could not be reached or written; the message names it (password hidden)."""
 
 
+class WarehouseUrlError(WarehouseError):
+    """WAREHOUSE_URL cannot be read as a connection URL: retrying cannot help."""
+
+
 def connect(url: str, **kwargs: Any) -> psycopg.Connection:
     """A session for the pipeline. JIT compilation is off for it: the pipeline's statements are
     short per-day lookups, which JIT made 3x slower (~5 ms compiling each) whenever table
@@ -131,8 +135,14 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WarehouseError(
-            f"cannot connect to the warehouse at {redact(url)}: {first_line}. "
+            f"cannot connect to the warehouse at {redact(url)}: {hide_password(first_line, url)}. "
             "Check WAREHOUSE_URL and that the server is up."
+        ) from None
+    except (psycopg.ProgrammingError, ValueError):  # libpq could not parse it (the message may
+        raise WarehouseUrlError(  # quote the password, so it is not repeated here)
+            f"WAREHOUSE_URL ({redact(url)}) is not a valid PostgreSQL URL: expected "
+            "postgresql://user:password@host:port/database, with special characters of the "
+            "password percent-encoded (% as %25, # as %23, / as %2F, @ as %40)"
         ) from None
     conn.execute("SET jit = off")
     if not conn.autocommit:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from dagster import DagsterInstance, materialize
 from psycopg.types.json import Jsonb
 
+from pipelines.defs.assets import group_call_tasks
 from pipelines.defs.resources import WarehouseResource
 from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.warehouse.migrate import apply_migrations
@@ -23,6 +25,7 @@ from tests.reliability.helpers import (
     DAYS,
     MATERIALIZE,
     NO_STEP_RETRIES,
+    api_resource,
     assert_days_absent,
     assert_days_exact,
     committed_days,
@@ -149,3 +152,43 @@ def test_warehouse_down_at_start_fails_the_run_naming_the_url_not_the_password(
     stored = instance_dump(home)
     assert f"cannot connect to the warehouse at {redacted}" in stored  # the event log says why
     assert PASSWORD not in stored
+
+
+@pytest.mark.parametrize("unescaped", ["%zz", "#zz", "/zz", "@zz"])
+def test_a_password_with_unescaped_url_characters_is_never_shown(unescaped: str) -> None:
+    """#, /, ? and @ end a URL's host part for a URL parser, and a bare % is not an escape:
+    written unescaped in WAREHOUSE_URL they used to put the password, or a piece of it, into the
+    error (and from there into Dagster's event log)."""
+    password = f"Hunter2{unescaped}-x9"
+    url = f"postgresql://etl:{password}@127.0.0.1:{free_port()}/analytics"
+    with pytest.raises(WarehouseError) as caught, WarehouseResource(url=url).connect():
+        pass
+    text = "".join(traceback.format_exception(caught.value))
+    assert "postgresql://etl:***@127.0.0.1:" in str(caught.value)
+    for piece in ("Hunter2", unescaped[1:] + "-x9"):
+        assert piece not in text
+
+
+def test_a_malformed_warehouse_url_fails_the_run_at_once_naming_the_setting(
+    simulator: SimulatorServer,
+) -> None:
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [group_call_tasks],
+            resources={
+                "laaffic": api_resource(simulator),
+                "warehouse": WarehouseResource(url="postgresql://etl:Hunter2%zz@127.0.0.1/x"),
+            },
+            instance=instance,
+            partition_key="2024-06-04",
+            raise_on_error=False,
+        )
+    assert not result.success
+    events = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in events  # retrying cannot mend a URL
+    message = failure_text(result)
+    assert (
+        "WAREHOUSE_URL (postgresql://etl:***@127.0.0.1/x) is not a valid PostgreSQL URL" in message
+    )
+    assert "Hunter2" not in message
+    assert simulator.simulator.stats.requests == 0
