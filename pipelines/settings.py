@@ -55,11 +55,18 @@ class Settings:
             start_date = date.fromisoformat(start)
         except ValueError:
             raise ValueError(f"LAAFFIC_START_DATE={start!r} is not a date (YYYY-MM-DD)") from None
+        cron = os.getenv("LAAFFIC_FRESHNESS_DEADLINE_CRON") or DEFAULT_FRESHNESS_DEADLINE_CRON
+        from dagster._utils.schedules import is_valid_cron_string  # the rule Dagster applies
+
+        if not is_valid_cron_string(cron):
+            raise ValueError(
+                f"LAAFFIC_FRESHNESS_DEADLINE_CRON={cron!r} is not a cron expression "
+                "(e.g. '0 3 * * *': 03:00 every day)"
+            )
         return cls(
             timezone=timezone,
             start_date=start_date,
-            freshness_deadline_cron=os.getenv("LAAFFIC_FRESHNESS_DEADLINE_CRON")
-            or DEFAULT_FRESHNESS_DEADLINE_CRON,
+            freshness_deadline_cron=cron,
             open_tasks_interval_seconds=_int_env(
                 "LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", DEFAULT_OPEN_TASKS_INTERVAL_SECONDS
             ),
