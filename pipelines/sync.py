@@ -162,11 +162,12 @@ def sync_days(
 
     Three stages overlap: the next `days_ahead` days are read from the API (their requests
     share the client's bounded pool) while this thread normalises one day and a writer thread,
-    which alone uses `conn`, writes the previous one. At most `days_ahead + 3` windows are in
-    memory, however long the range. If a day fails, nothing after it is written: once a task of
-    the writer thread fails, those queued behind it do not run (`WriterHalted`), so the days
-    committed are always a prefix of the range, and each of them is yielded before the error
-    (the first failure, in the order of the days) is raised.
+    which alone uses `conn`, writes the previous one (on a re-sync, a stored day's comparison
+    also runs on the writer thread, so it waits for the previous day's write). At most
+    `days_ahead + 3` windows are in memory, however long the range. If a day fails, nothing
+    after it is written: once a task of the writer thread fails, those queued behind it do not
+    run (`WriterHalted`), so the days committed are always a prefix of the range, and each of
+    them is yielded before the error (the first failure, in the order of the days) is raised.
 
     A stored day is re-synced in the cheapest way that is still exact: if its pages are the
     very ones its last sync read (the client tells, from their digest, before parsing them) and
