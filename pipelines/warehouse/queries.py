@@ -151,12 +151,12 @@ def report_new_rejects(
         """
         UPDATE group_call_task_rejects SET reported_at = now()
         WHERE window_date = ANY(%s) AND resolved_at IS NULL AND reported_at IS NULL
-        RETURNING task_id, left(raw_value, 200), field, error, first_seen_at, reject_id
+        RETURNING task_id, field, left(raw_value, 200), error, first_seen_at, reject_id
         """,
         (days,),
     ).fetchall()
-    rows.sort(key=lambda row: (row[4], row[5]), reverse=True)
-    return len(rows), [(row[0], row[2], row[1], row[3]) for row in rows[:limit]]
+    rows.sort(key=lambda row: (row[4], row[5]), reverse=True)  # the latest first
+    return len(rows), [(row[0], row[1], row[2], row[3]) for row in rows[:limit]]
 
 
 @dataclass(frozen=True)
