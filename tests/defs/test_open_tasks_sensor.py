@@ -24,6 +24,7 @@ from pipelines.defs.schedules import DAILY_SYNC_JOB
 from pipelines.defs.sensors import STATE_TAG, open_tasks_sensor
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
+from tests.defs.helpers import range_tags
 
 SENSOR = "open_tasks_sensor"
 
@@ -164,10 +165,7 @@ def test_a_failed_or_canceled_refresh_is_requested_again_under_a_new_run_key(
             [group_call_tasks],
             resources=resources,
             instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": days[0].isoformat(),
-                "dagster/asset_partition_range_end": days[-1].isoformat(),
-            },
+            tags=range_tags(days[0], days[-1]),
         )
         first = _evaluate(instance, database_url)
         assert isinstance(first, SensorResult) and first.run_requests
