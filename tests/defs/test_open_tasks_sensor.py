@@ -60,6 +60,16 @@ def _stored(database_url: str) -> dict[int, dict[str, object]]:
         }
 
 
+def _backfill(instance: DagsterInstance, resources: dict[str, object], days: list[date]) -> None:
+    """Sync `days` in one run, as a single-run backfill from the UI does."""
+    materialize(
+        [group_call_tasks],
+        resources=resources,
+        instance=instance,
+        tags=range_tags(days[0], days[-1]),
+    )
+
+
 def test_open_tasks_converge_and_only_open_days_are_refreshed(
     simulator: SimulatorServer, database_url: str
 ) -> None:
@@ -72,15 +82,7 @@ def test_open_tasks_converge_and_only_open_days_are_refreshed(
     resources = _resources(simulator, database_url)
 
     with DagsterInstance.ephemeral() as instance:
-        materialize(
-            [group_call_tasks],
-            resources=resources,
-            instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": days[0].isoformat(),
-                "dagster/asset_partition_range_end": days[-1].isoformat(),
-            },
-        )
+        _backfill(instance, resources, days)
         rounds = 0
         while True:
             store.advance(days)  # the API moves on: open tasks progress, some become final
@@ -161,12 +163,7 @@ def test_a_failed_or_canceled_refresh_is_requested_again_under_a_new_run_key(
     days = _recent_days(7)
     resources = _resources(simulator, database_url)
     with DagsterInstance.ephemeral() as instance:
-        materialize(
-            [group_call_tasks],
-            resources=resources,
-            instance=instance,
-            tags=range_tags(days[0], days[-1]),
-        )
+        _backfill(instance, resources, days)
         first = _evaluate(instance, database_url)
         assert isinstance(first, SensorResult) and first.run_requests
         keys = {r.partition_key: r.run_key for r in first.run_requests}
