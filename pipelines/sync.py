@@ -168,6 +168,9 @@ def sync_days(
     after it is written: once a task of the writer thread fails, those queued behind it do not
     run (`WriterHalted`), so the days committed are always a prefix of the range, and each of
     them is yielded before the error (the first failure, in the order of the days) is raised.
+    Likewise when the sync is stopped (KeyboardInterrupt, or Dagster's interrupt when a run is
+    terminated): the write under way finishes, none queued after it starts, the days committed
+    are yielded, and the interrupt is raised again.
 
     A stored day is re-synced in the cheapest way that is still exact: if its pages are the
     very ones its last sync read (the client tells, from their digest, before parsing them) and
@@ -210,12 +213,15 @@ def sync_days(
             )
             reads.append((day, datetime.now(UTC), time.perf_counter(), future))
 
-    def written(future: Future[DaySync]) -> DaySync:
-        synced = future.result()
+    def written() -> DaySync:
+        """The oldest queued write's day, once committed. It leaves the queue only then: a day
+        whose wait was interrupted is still there to be reported."""
+        synced = writes[0].result()
+        writes.popleft()
         progress.add(synced)
         return synced
 
-    error: Exception | None = None
+    error: BaseException | None = None
     try:
         try:
             for _ in range(days_ahead + 1):
@@ -297,17 +303,24 @@ def sync_days(
 
                     writes.append(on_writer(write))
                 while writes and (writes[0].done() or len(writes) > 1):
-                    yield written(writes.popleft())
+                    yield written()
             while writes:
-                yield written(writes.popleft())
+                yield written()
+        except GeneratorExit:  # the caller stopped iterating: nothing more may be yielded
+            raise
         except Exception as exc:  # a read, a normalisation or a write failed
             error = exc
+        except BaseException as exc:  # stopped: Ctrl-C, or Dagster's interrupt of a terminated run
+            error = exc
+            halted.set()  # the write under way finishes; none queued behind it starts
         if error is not None:
             # The days handed to the writer before the first failed write commit: report them
             # (the writes behind a failed one did not run).
             while writes and writes[0].exception() is None:
-                yield written(writes.popleft())
-            raise failures[0] if failures else error
+                yield written()
+            if isinstance(error, Exception) and failures:
+                raise failures[0]
+            raise error
     finally:
         halted.set()  # leaving (a failure, or the caller stopped): start no further write
         progress.flush()

@@ -2,8 +2,10 @@
 last wrote (without ever leaving a changed or missing row behind)."""
 
 import sys
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, timedelta
 from types import FrameType
 from typing import Any
@@ -263,3 +265,73 @@ def test_a_failed_write_stops_the_writes_queued_behind_it(
     assert [d for (d,) in logged] == [first]
     stored = conn.execute("SELECT DISTINCT created_date FROM group_call_tasks").fetchall()
     assert sorted(d for (d,) in stored) == before
+
+
+def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
+    client: LaafficClient, conn: psycopg.Connection, database_url: str
+) -> None:
+    """Ctrl-C, or Dagster interrupting a terminated run: the day being written commits and is
+    yielded, the one queued behind it is not written, and the interrupt is raised again."""
+    first, queued = DAY, DAY + timedelta(days=1)
+    # `first`'s write, at its sync-log row, waits for a lock this test holds.
+    conn.execute(
+        f"""
+        CREATE FUNCTION test_wait_one_day() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.window_date = DATE '{first}' THEN
+                PERFORM pg_advisory_xact_lock(4243);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_wait_one_day BEFORE INSERT ON group_call_sync_log
+            FOR EACH ROW EXECUTE FUNCTION test_wait_one_day();
+        """
+    )
+    conn.commit()
+    main_thread = threading.get_ident()
+    yielded: list[date] = []
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(4243)")
+        queued_writes = 0
+
+        def interrupt_the_wait_for_the_first_write(frame: FrameType, event: str, _: Any) -> None:
+            nonlocal queued_writes
+            if event == "return" and frame.f_code is ThreadPoolExecutor.submit.__code__:
+                queued_writes += frame.f_locals["self"]._thread_name_prefix == "laaffic-writer"
+            elif event == "call" and frame.f_code is Future.result.__code__ and queued_writes == 2:
+                # Both days' writes are queued and `first`'s is under way: as Ctrl-C would.
+                raise KeyboardInterrupt
+
+        def release_once_the_sync_waits_for_the_write() -> None:
+            """Let `first`'s write end once the stopped sync waits for it (`Future.exception`),
+            so the sync has stopped the writer before that write can commit."""
+            for _ in range(60_000):
+                frame = sys._current_frames().get(main_thread)
+                while frame is not None and frame.f_code is not Future.exception.__code__:
+                    frame = frame.f_back
+                if frame is not None:
+                    break
+                time.sleep(0.001)
+            gate.execute("SELECT pg_advisory_unlock(4243)")
+
+        releaser = threading.Thread(target=release_once_the_sync_waits_for_the_write)
+        releaser.start()
+        previous = sys.getprofile()
+        sys.setprofile(interrupt_the_wait_for_the_first_write)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                for synced in sync_days(
+                    client, conn, [first, queued], time_zone=TZ, run_id="stopped", days_ahead=1
+                ):
+                    yielded.append(synced.day)
+        finally:
+            sys.setprofile(previous)
+            releaser.join()
+    assert queued_writes == 2
+    assert yielded == [first]
+    stored = conn.execute("SELECT DISTINCT created_date FROM group_call_tasks").fetchall()
+    assert [d for (d,) in stored] == [first]
+    logged = conn.execute(
+        "SELECT window_date FROM group_call_sync_log WHERE run_id = 'stopped'"
+    ).fetchall()
+    assert [d for (d,) in logged] == [first]
