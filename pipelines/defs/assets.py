@@ -9,6 +9,7 @@ from dagster import (
     BackfillPolicy,
     Backoff,
     BetaWarning,
+    DagsterExecutionInterruptedError,
     DailyPartitionsDefinition,
     Failure,
     FreshnessPolicy,
@@ -73,8 +74,8 @@ def group_call_tasks(
     """Sync every day of the run's partition range, each committed on its own (a failure keeps
     the days already done). Each partition's materialization carries that day's own figures; the
     table-wide ones (row count, column schema) go once, on the run's last partition. If the step
-    fails, the days already committed are still recorded as materialized, with their figures:
-    only the others show as failed."""
+    fails or the run is terminated, the days already committed are still recorded as
+    materialized, with their figures: only the others show as failed."""
     days = [date.fromisoformat(key) for key in context.partition_keys]
     context.log.info(f"syncing {len(days)} day(s): {days[0]} .. {days[-1]} ({SETTINGS.timezone})")
     committed: list[DaySync] = []
@@ -109,21 +110,16 @@ def group_call_tasks(
                 raise
             raise Failure(description=str(exc), allow_retries=False) from exc
         cause = f"{type(exc).__name__}: {exc}" if retry else str(exc)
-        # The metadata added above goes out only with a successful step's output: without these
-        # events Dagster would mark every partition of the range failed, committed days too.
-        for synced in committed:
-            context.log_event(
-                AssetMaterialization(
-                    asset_key=context.asset_key,
-                    partition=synced.partition_key,
-                    metadata=synced.metadata(),
-                )
-            )
-        kept = [s.partition_key for s in committed]
+        kept = _record_committed(context, committed)
         raise Failure(
-            description=f"{cause}; {len(kept)} day(s) were committed before it ({', '.join(kept)})",
+            description=f"{cause}; {kept}",
             allow_retries=retry,
         ) from exc
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError):  # the run was terminated
+        if committed:
+            kept = _record_committed(context, committed)
+            context.log.warning(f"run terminated; {kept}")
+        raise
     # Not in the MaterializeResult: its metadata would be copied onto every partition of the
     # range (a year's backfill stored the 28-column schema 365 times, 1.8 to 2.7 ms an event).
     context.add_asset_metadata(
@@ -140,3 +136,20 @@ def group_call_tasks(
         partition_key=committed[-1].partition_key,
     )
     return MaterializeResult()
+
+
+def _record_committed(context: AssetExecutionContext, committed: list[DaySync]) -> str:
+    """Record the days a failed or terminated step committed as materialized, each with its own
+    figures, and say which they were. The metadata added with `add_asset_metadata` goes out only
+    with a successful step's output: without these events Dagster would mark every partition of
+    the range failed, committed days too."""
+    for synced in committed:
+        context.log_event(
+            AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=synced.partition_key,
+                metadata=synced.metadata(),
+            )
+        )
+    kept = [s.partition_key for s in committed]
+    return f"{len(kept)} day(s) were committed before it ({', '.join(kept)})"

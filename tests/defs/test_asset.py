@@ -3,6 +3,9 @@ of a single-run range carries its own metadata."""
 
 from __future__ import annotations
 
+import itertools
+import signal
+import threading
 import warnings
 from datetime import date
 
@@ -226,6 +229,62 @@ def _without_step_retries(assets_def: AssetsDefinition) -> AssetsDefinition:
             partitions_def=assets_def.partitions_def,
             backfill_policy=assets_def.backfill_policy,
         )(compute.decorated_fn)
+
+
+def test_a_terminated_range_run_records_the_days_it_committed(
+    simulator: SimulatorServer, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Terminating a run from the UI interrupts its step (Ctrl-C likewise): the days committed
+    before it are recorded as materialized, each with its own figures, and no other."""
+    counts = {day: len(simulator.simulator.store.day(day)) for day in WEEK}
+    pick_fault = simulator.simulator._pick_fault
+    requests = itertools.count(1)
+
+    def interrupt_at_the_fourth_request() -> str:
+        # Days are read one after the other, one page each: the fourth request is the fourth
+        # day's. The run's main thread is interrupted, as Dagster's termination does.
+        if next(requests) == 4:
+            main_thread = threading.main_thread().ident
+            assert main_thread is not None
+            signal.pthread_kill(main_thread, signal.SIGINT)
+        return pick_fault()
+
+    monkeypatch.setattr(simulator.simulator, "_pick_fault", interrupt_at_the_fourth_request)
+    sequential = resources(simulator, database_url) | {
+        "laaffic": LaafficApiResource(
+            base_url=simulator.url, api_key=SIM_KEY, api_secret=SIM_SECRET, days_ahead=0
+        )
+    }
+    with DagsterInstance.ephemeral() as instance:
+        # Without the step's RetryPolicy: Dagster retries an interrupted step that has one (its
+        # attempt would then pass), whereas a terminated run stops.
+        result = materialize(
+            [_without_step_retries(group_call_tasks)],
+            resources=sequential,
+            instance=instance,
+            tags=range_tags(WEEK[0], WEEK[-1]),
+            raise_on_error=False,
+        )
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        error = failure.step_failure_data.error  # type: ignore[union-attr]
+        assert error is not None and error.cls_name == "DagsterExecutionInterruptedError"
+        # The interrupt lands while the third day is normalised or the fourth read: the write
+        # under way finishes, none queued after it starts. What was committed is a prefix.
+        stored = stored_days(database_url)
+        committed = sorted(stored)
+        assert 1 <= len(committed) <= 3
+        assert committed == WEEK[: len(committed)]
+        assert stored == {day: counts[day] for day in committed}
+
+        materialized = instance.get_materialized_partitions(AssetKey("group_call_tasks"))
+        assert materialized == {day.isoformat() for day in committed}
+        records = instance.fetch_materializations(AssetKey("group_call_tasks"), limit=100).records
+        for record in records:
+            metadata = dict(record.asset_materialization.metadata)  # type: ignore[union-attr]
+            day = date.fromisoformat(record.partition_key or "")
+            assert _value(metadata, "inserted") == counts[day], day
+            assert _value(metadata, "dagster/partition_row_count") == counts[day], day
 
 
 @pytest.mark.parametrize("fault", ["api-refusal", "write-failure"])
