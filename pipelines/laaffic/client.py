@@ -379,7 +379,8 @@ class LaafficClient:
     ) -> Generator[Page, None, None]:
         """Pages in order, fetched on the shared pool (one at a time if `sequential`). A page
         whose body is in `bodies` (read already, see `_read_same`) is parsed from it instead,
-        and requested again only if that body is not a page (an API error, say)."""
+        and requested again only if that body is a transient failure (-18, -16, not a page); a
+        fatal code (-1, -2, -22, an unknown one) is raised, as the same answer to a request is."""
         first = self._request(window, 1, filters)
         bodies = bodies or {}
 
@@ -391,8 +392,10 @@ class LaafficClient:
                 if body is not None:
                     try:
                         return self._parse(body, _reading(request))
-                    except LaafficError:  # (an API error, say): asked again, as a retry
-                        stats.add(retries=1)
+                    except LaafficError as exc:
+                        if not exc.retryable:
+                            raise  # -1, -2, -22, an unknown code: stop, as on a first read
+                        stats.add(retries=1)  # (-18, -16, not a page): asked again, a retry
                 return self.query_page(request, stats)
 
             return read
@@ -476,7 +479,7 @@ class LaafficClient:
         try:
             page_one = self._parse(bodies[1].content, _reading(first))
         except LaafficError:
-            return {1: bodies[1].content}  # (asked again by the full read, as a retry)
+            return {1: bodies[1].content}  # (the full read raises it, or asks again if transient)
         count = max(1, math.ceil(page_one.total / self.page_size))
         numbers = range(2, count + 1)
         for number, body in zip(

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.laaffic.errors import (
+    LaafficApiError,
+    LaafficAuthError,
+    LaafficIpRestrictedError,
+    LaafficParameterError,
+    LaafficUnknownCodeError,
+)
 from pipelines.laaffic.simulator import SimulatorConfig, fingerprint
 from tests.laaffic.conftest import Serve
 from tests.laaffic.helpers import DAY, day_window, make_client
@@ -127,3 +134,37 @@ def test_a_window_of_several_pieces_is_always_read_in_full(serve: Serve) -> None
     assert not again.unchanged
     assert fingerprint(again.records) == fingerprint(first.records)
     assert again.digest == first.digest
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("-1", LaafficAuthError),
+        ("-2", LaafficIpRestrictedError),
+        ("-22", LaafficParameterError),
+        ("-99", LaafficUnknownCodeError),
+    ],
+)
+@pytest.mark.parametrize("page", [1, 2])
+def test_a_fatal_code_while_re_reading_stops_as_on_a_first_read(
+    serve: Serve, code: str, error: type[LaafficApiError], page: int
+) -> None:
+    """The contract says stop on -1, -2 and -22 (and the client does not know an undocumented
+    code): a re-sync must not ask again, as if it were transient, and carry on."""
+    server = serve(SimulatorConfig(day_counts={DAY: 250}))
+    client = make_client(server, max_concurrency=1, max_attempts=5)
+    first = client.fetch_window(day_window())
+    server.simulator.reset_stats()
+    server.simulator.script(*["ok"] * (page - 1), code)
+
+    with pytest.raises(error) as caught:
+        client.fetch_window(day_window(), expected_digest=first.digest)
+
+    assert caught.value.code == int(code)
+    assert f"reading page {page} of window [2024-06-04 00:00:00 .. 2024-06-04 23:59:59]" in str(
+        caught.value
+    )
+    assert server.simulator.stats.outcomes[code] == 1
+    # Nothing is asked after the refusal: with page 2 refused, page 3 may have been asked
+    # already (the pages of a re-read are requested before any is parsed), never page 2 again.
+    assert server.simulator.stats.requests == (1 if page == 1 else 3)
