@@ -46,6 +46,7 @@ from pipelines.laaffic.errors import (
 from pipelines.laaffic.models import (
     MAX_PAGE_SIZE,
     ApiResponse,
+    ApiStatus,
     Page,
     QueryParams,
     QueryRequest,
@@ -263,7 +264,7 @@ class LaafficClient:
         try:
             envelope = ApiResponse.model_validate_json(content)
         except ValidationError as exc:
-            envelope = _envelope_by_json_module(content, exc)
+            envelope = _envelope_by_json_module(content, exc) or _refusal(content)
             if envelope is None:
                 snippet = content[:120].decode("utf-8", "replace")
                 raise LaafficTransportError(
@@ -714,6 +715,23 @@ def _envelope_by_json_module(content: bytes, exc: ValidationError) -> ApiRespons
         return ApiResponse.model_validate(json.loads(content))
     except (ValueError, RecursionError, ValidationError):  # not JSON, or nested past any use
         return None
+
+
+def _refusal(content: bytes) -> ApiResponse | None:
+    """A non-zero `code` (and `msg`) from a body that is not the whole envelope: the contract
+    documents `data` only on success, and what an error answer carries beside its code ({}, "",
+    a partial page) must not turn a -1 into a malformed answer retried as transient. None if the
+    body has no usable code, or code 0 (then it is the malformed success it appears to be)."""
+    try:
+        status = ApiStatus.model_validate_json(content)
+    except ValidationError:
+        try:
+            status = ApiStatus.model_validate(json.loads(content))
+        except (ValueError, RecursionError, ValidationError):
+            return None
+    if status.code_int == 0:
+        return None
+    return ApiResponse(code=status.code, msg=status.msg)
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -100,14 +100,14 @@ class Page(BaseModel):
         return self._body_sha256
 
 
-class ApiResponse(BaseModel):
-    """The envelope. `code` is documented as a string but sent as a number: accept both."""
+class ApiStatus(BaseModel):
+    """An answer's `code` and `msg` alone, whatever else it holds. `code` is documented as a
+    string but sent as a number: accept both."""
 
     model_config = ConfigDict(extra="allow")
 
     code: int | str
     msg: str | None = None
-    data: Page | None = None
 
     @property
     def code_int(self) -> int | None:
@@ -115,6 +115,12 @@ class ApiResponse(BaseModel):
             return int(self.code)
         except (TypeError, ValueError):
             return None
+
+
+class ApiResponse(ApiStatus):
+    """The envelope: the status and, on success, the page."""
+
+    data: Page | None = None
 
 
 class TaskRecord(BaseModel):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
+from pipelines.laaffic import simulator as simulator_module
 from pipelines.laaffic.client import LaafficClient
 from pipelines.laaffic.errors import (
     LaafficApiError,
@@ -136,6 +140,57 @@ def test_missing_credentials_are_a_config_error() -> None:
         LaafficClient("http://127.0.0.1:9", api_key="k", api_secret="")
     with pytest.raises(LaafficConfigError, match="LAAFFIC_API_KEY and LAAFFIC_API_SECRET"):
         LaafficClient("http://127.0.0.1:9")
+
+
+#: What an error answer's `data` might hold: the contract documents `data` only on success.
+ERROR_DATA: list[Any] = [{}, "", [], {"records": None}]
+
+
+def _error_answers_carry(monkeypatch: pytest.MonkeyPatch, data: Any) -> None:
+    """Make the simulator's error answers carry `data` instead of null."""
+
+    def answer(code: int, msg: str) -> bytes:
+        return json.dumps({"code": code, "msg": msg, "data": data}).encode()
+
+    monkeypatch.setattr(simulator_module, "_code", answer)
+
+
+@pytest.mark.parametrize("data", ERROR_DATA)
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [("-1", LaafficAuthError), ("-2", LaafficIpRestrictedError), ("-22", LaafficParameterError)],
+)
+def test_a_fatal_code_is_read_whatever_the_answer_carries_as_data(
+    serve: Serve,
+    monkeypatch: pytest.MonkeyPatch,
+    data: Any,
+    code: str,
+    error: type[LaafficApiError],
+) -> None:
+    """The code decides, not the shape of `data` beside it: a -1 whose `data` is not a page was
+    taken for a malformed answer, retried as transient and, once an attempt succeeded, forgotten
+    (or reported as 'not the documented JSON envelope' without the credentials advice)."""
+    _error_answers_carry(monkeypatch, data)
+    server = serve()
+    server.simulator.script(code)
+    with pytest.raises(error) as caught:
+        make_client(server, max_attempts=5).fetch_window(day_window())
+    assert server.simulator.stats.requests == 1
+    assert caught.value.code == int(code)
+    assert caught.value.api_msg == "scripted failure"
+    assert "reading page 1 of window" in str(caught.value)
+
+
+@pytest.mark.parametrize("data", ERROR_DATA)
+def test_minus_16_is_re_signed_whatever_the_answer_carries_as_data(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, data: Any
+) -> None:
+    _error_answers_carry(monkeypatch, data)
+    server = serve()
+    server.simulator.script("-16", "-16")
+    result = make_client(server, max_timestamp_resigns=2, max_attempts=1).fetch_window(day_window())
+    assert result.records
+    assert server.simulator.stats.requests == 3
 
 
 # -- -16 -------------------------------------------------------------------------------------
