@@ -33,6 +33,7 @@ from pipelines.laaffic.models import (
     LOCAL_DATETIME_FORMAT,
     OPEN_STATUSES,
     TASK_TYPE_AI_AGENT,
+    format_local,
 )
 
 EPOCH = date(2020, 1, 1)
@@ -367,27 +368,28 @@ class Simulator:
             return {}, f"size must be an integer 1..100, got {size!r}"
         if not isinstance(params, dict):
             return {}, "params is required"
-        try:
-            start = datetime.strptime(params.get("strTime", ""), LOCAL_DATETIME_FORMAT)
-            end = datetime.strptime(params.get("endTime", ""), LOCAL_DATETIME_FORMAT)
-        except (TypeError, ValueError):
-            return {}, "strTime and endTime must be yyyy-MM-dd HH:mm:ss"
+        start, end = _local_datetime(params.get("strTime")), _local_datetime(params.get("endTime"))
+        if start is None or end is None:
+            name = "strTime" if start is None else "endTime"
+            return {}, (
+                f"strTime and endTime must be yyyy-MM-dd HH:mm:ss, got {name}={params.get(name)!r}"
+            )
         if start > end:
-            return {}, "strTime is after endTime"
+            return {}, f"strTime is after endTime ({params['strTime']} > {params['endTime']})"
         if end - start > timedelta(days=self.config.max_window_days):
             return {}, f"the window may span at most {self.config.max_window_days} days"
         if params.get("taskType") != TASK_TYPE_AI_AGENT:
-            return {}, "taskType must be 3"
+            return {}, f"taskType must be 3, got {params.get('taskType')!r}"
         statuses = params.get("statusList") or []
         if not isinstance(statuses, list) or not all(
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 6 for s in statuses
         ):
-            return {}, "statusList must be a list of status codes 0..6"
+            return {}, f"statusList must be a list of status codes 0..6, got {statuses!r}"
         app_id, search = params.get("idxAppId"), params.get("searchCondition")
         if app_id is not None and (not isinstance(app_id, int) or isinstance(app_id, bool)):
-            return {}, "idxAppId must be an integer"
+            return {}, f"idxAppId must be an integer, got {app_id!r}"
         if search is not None and not isinstance(search, str):
-            return {}, "searchCondition must be a string"
+            return {}, f"searchCondition must be a string, got {search!r}"
         return {
             "current": current,
             "size": size,
@@ -425,6 +427,16 @@ class Simulator:
         for _ in range(self.config.live_tasks_per_request):
             self.store.add_live_task(q["end"])
         return body
+
+
+def _local_datetime(value: Any) -> datetime | None:
+    """`value` as a date-time if it is exactly yyyy-MM-dd HH:mm:ss, zero-padded as the contract
+    writes it (the window is compared as that text), else None."""
+    try:
+        parsed = datetime.strptime(value, LOCAL_DATETIME_FORMAT)
+    except (TypeError, ValueError):
+        return None
+    return parsed if format_local(parsed) == value else None
 
 
 def _hashable(value: Any) -> Any:
