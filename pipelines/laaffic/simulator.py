@@ -133,12 +133,19 @@ def _fees(rng: random.Random, record: dict[str, Any], currency: str) -> None:
 class _Task:
     """A stored task: its record and the record's JSON, re-encoded only when it changes."""
 
-    __slots__ = ("created", "encoded", "record", "task_id")
+    __slots__ = ("created", "encoded", "raw", "record", "task_id")
 
     def __init__(
-        self, record: dict[str, Any], *, created: str | None = None, task_id: int | None = None
+        self,
+        record: dict[str, Any],
+        *,
+        created: str | None = None,
+        task_id: int | None = None,
+        raw: bool = False,
     ) -> None:
         self.record = record
+        #: Crafted (add_raw): served exactly as given, never moved on by `advance`.
+        self.raw = raw
         # Where it sorts: the record's own createdTime and taskId unless given (see add_raw).
         self.task_id: int = record["taskId"] if task_id is None else task_id
         self.created: str = record["createdTime"] if created is None else created
@@ -253,10 +260,11 @@ class TaskStore:
     def add_raw(self, day: date, record: dict[str, Any]) -> None:
         """Serve `record` exactly as given in the windows that contain `day` at 12:00:00, newest
         first among that second's tasks. Any JSON object goes: fields missing or of the wrong
-        type, no taskId or createdTime, the same record twice. For testing bad input."""
+        type, no taskId or createdTime, the same record twice. For testing bad input; `advance`
+        leaves it as it is."""
         with self._lock:
             self.day(day)
-            task = _Task(record, created=f"{day.isoformat()} 12:00:00", task_id=1 << 61)
+            task = _Task(record, created=f"{day.isoformat()} 12:00:00", task_id=1 << 61, raw=True)
             keys = self._keys[day]
             at = bisect.bisect_right(keys, task.sort_key)
             keys.insert(at, task.sort_key)
@@ -271,9 +279,11 @@ class TaskStore:
         with self._lock:
             for day in list(days) if days is not None else list(self._days):
                 for task in self.day(day):
+                    if task.raw:
+                        continue  # served exactly as given (add_raw)
                     status = task.record.get("status")
                     if not isinstance(status, int) or status not in OPEN_STATUSES:
-                        continue  # final, or a raw record (add_raw) without a usable status
+                        continue  # final
                     new_status = 2 if to_final else {0: 6, 6: 1, 1: 2, 5: 1}[status]
                     rng = random.Random(f"advance:{task.task_id}:{new_status}")
                     record = dict(task.record, status=new_status)

@@ -343,3 +343,24 @@ def test_it_binds_loopback_only(serve: Serve) -> None:
 def test_the_conftest_simulator_fixture_serves(simulator: SimulatorServer) -> None:
     assert isinstance(simulator.simulator, Simulator)
     assert make_client(simulator).fetch_window(day_window(date(2024, 1, 1))).records
+
+
+def test_advancing_leaves_crafted_records_exactly_as_given() -> None:
+    """`add_raw` serves a record as it is: moving open tasks on must neither rewrite a crafted
+    one (status true read as 1, its bad fees replaced by good ones) nor fail on one that lacks
+    the fields a generated task has (KeyError: 'numCnt', which stopped the periodic advance)."""
+    store = TaskStore(SimulatorConfig(day_counts={DAY: 20}, open_fraction=1.0))
+    crafted = [
+        {"taskId": 1, "status": 1},
+        {"taskId": 2, "status": True, "numCnt": 5, "taskSumPayFee": "1(USD)"},
+        {"taskId": 3, "status": 1, "numCnt": "5", "taskSumPayFee": "x"},
+    ]
+    for record in crafted:
+        store.add_raw(DAY, dict(record))
+    generated = len(store.day(DAY)) - len(crafted)
+
+    assert store.advance([DAY]) == generated
+    assert store.advance([DAY], to_final=True) > 0
+
+    served = [task.record for task in store.day(DAY) if task.task_id == 1 << 61]
+    assert served == crafted  # (in the order added: each sorts after the one before)
