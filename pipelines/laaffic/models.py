@@ -1,7 +1,7 @@
 """Typed shapes of the API's request, response envelope and task record (pydantic v2).
 
 Records travel through the pipeline as the plain dicts the API sent, so that the raw payload is
-kept exactly; `TaskRecord` documents and validates the 22 documented fields (the simulator builds
+kept exactly; `TaskRecord` documents and validates the 21 documented fields (the simulator builds
 its data with it, tests validate against it). Unknown extra fields are allowed and kept.
 """
 
@@ -124,7 +124,7 @@ class ApiResponse(ApiStatus):
 
 
 class TaskRecord(BaseModel):
-    """One AI-Agent group-call task, all 22 documented fields."""
+    """One AI-Agent group-call task, all 21 documented fields."""
 
     model_config = ConfigDict(extra="allow")
 
