@@ -17,8 +17,10 @@ syncing the same simulated data set into a fresh database, measured side by side
      it; Dagster start-up included), DAGSTER_HOME a local instance with the project's dagster.yaml.
   2. baseline: `python -m benchmarks.baseline` (serial requests, one regex, COPY + upsert).
   3. dlt: `python -m benchmarks.dlt_contender` (rest_api source, merge, csv loader files).
-- Correctness: row count, distinct task ids and the sum of `taskSumPayFee` per currency in the
-  contender's table equal the simulator's (regenerated in-process from the same seed).
+- Correctness: row count, distinct task ids, the sum of the task ids and, per currency, the sums
+  of the three fee strings (`taskSumPayFee`, `groupCallPayFee`, `smsPayFee`) in the contender's
+  table equal the simulator's (regenerated in-process from the same seed); a NULL currency or
+  amount is a difference, not a crash.
 - Where the time goes: the pipeline's wall time split at its Dagster run's events (process
   start-up, run set-up with its planned events, the asset step's sync, the per-partition
   materialization events, the check steps, exit) and the baseline's (start-up, serial fetch,
@@ -77,44 +79,71 @@ class BenchmarkError(RuntimeError):
 # -- expected values ---------------------------------------------------------------------------
 
 
+#: The fee strings of a record ("0.034827(USD)") and the columns their amount and currency go to
+#: (the same names in the pipeline's, the baseline's and dlt's tables).
+FEE_FIELDS = (
+    ("taskSumPayFee", "task_sum_pay_fee"),
+    ("groupCallPayFee", "group_call_pay_fee"),
+    ("smsPayFee", "sms_pay_fee"),
+)
+
+
 @dataclass(frozen=True)
 class Totals:
     rows: int
     distinct: int
-    fees: dict[str, Decimal]  # currency -> sum of taskSumPayFee amounts
+    fees: dict[str, Decimal | None]  # currency -> sum of taskSumPayFee amounts
+    #: (fee column, currency) -> sum of its amounts, for every fee string (FEE_FIELDS)
+    fee_sums: dict[tuple[str, str], Decimal | None] = field(default_factory=dict)
+    id_sum: int = 0  # sum of the task ids: the right rows, not only the right number of them
 
     @property
     def total_fee(self) -> Decimal:
-        return sum(self.fees.values(), Decimal(0))
+        return sum((v for v in self.fees.values() if v is not None), Decimal(0))
 
 
 def expected_totals(config: SimulatorConfig, days: list[date]) -> Totals:
     """What the simulator serves for `days`, regenerated from the same seed (deterministic)."""
     store = TaskStore(config)
-    fees: dict[str, Decimal] = {}
+    sums: dict[tuple[str, str], Decimal | None] = {}
     ids: set[int] = set()
-    rows = 0
+    rows = id_sum = 0
     for day in days:
         for task in store.day(day):
-            fee: str = task.record["taskSumPayFee"]
-            amount, currency = fee[:-5], fee[-4:-1]
-            fees[currency] = fees.get(currency, Decimal(0)) + Decimal(amount)
+            for name, column in FEE_FIELDS:
+                fee: str = task.record[name]
+                amount, currency = fee[:-5], fee[-4:-1]
+                key = (column, currency)
+                sums[key] = (sums.get(key) or Decimal(0)) + Decimal(amount)
             ids.add(task.task_id)
+            id_sum += task.task_id
             rows += 1
-    return Totals(rows, len(ids), fees)
+    return Totals(rows, len(ids), _task_sum_fees(sums), sums, id_sum)
+
+
+def _task_sum_fees(sums: dict[tuple[str, str], Decimal | None]) -> dict[str, Decimal | None]:
+    return {c: v for (column, c), v in sorted(sums.items()) if column == "task_sum_pay_fee"}
 
 
 def measured_totals(url: str, contender: str) -> Totals:
+    """The same totals from the contender's table. A NULL currency counts as "NULL", a sum of
+    only NULL amounts as None: either differs from what the simulator serves."""
     table = "laaffic.group_call_tasks" if contender == "dlt" else "public.group_call_tasks"
+    sums: dict[tuple[str, str], Decimal | None] = {}
     with psycopg.connect(url, autocommit=True) as conn:
-        rows, distinct = conn.execute(
-            f"SELECT count(*), count(DISTINCT task_id) FROM {table}"
-        ).fetchone() or (0, 0)
-        fees = conn.execute(
-            f"SELECT task_sum_pay_fee_currency, sum(task_sum_pay_fee_amount) FROM {table} "
-            "GROUP BY 1 ORDER BY 1"
-        ).fetchall()
-    return Totals(int(rows), int(distinct), {str(c).strip(): Decimal(s) for c, s in fees})
+        rows, distinct, id_sum = conn.execute(
+            f"SELECT count(*), count(DISTINCT task_id), coalesce(sum(task_id), 0) FROM {table}"
+        ).fetchone() or (0, 0, 0)
+        for _, column in FEE_FIELDS:
+            fees = conn.execute(
+                f"SELECT {column}_currency, sum({column}_amount), count({column}_amount), "
+                f"count(*) FROM {table} GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            for currency, total, amounts, count in fees:
+                # A NULL amount among others would vanish from the sum: it makes the sum None.
+                value = Decimal(total) if total is not None and amounts == count else None
+                sums[(column, "NULL" if currency is None else str(currency).strip())] = value
+    return Totals(int(rows), int(distinct), _task_sum_fees(sums), sums, int(id_sum))
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -473,8 +502,13 @@ def check(expected: Totals, got: Totals) -> tuple[bool, str]:
         problems.append(f"rows {got.rows} != {expected.rows}")
     if got.distinct != got.rows:
         problems.append(f"{got.rows - got.distinct} duplicate task ids")
-    if got.fees != expected.fees:
-        problems.append(f"fees {got.fees} != {expected.fees}")
+    if got.id_sum != expected.id_sum:
+        problems.append(f"task ids differ (sum {got.id_sum} != {expected.id_sum})")
+    for column in dict.fromkeys(column for _, column in FEE_FIELDS):
+        mine = {c: v for (k, c), v in got.fee_sums.items() if k == column}
+        theirs = {c: v for (k, c), v in expected.fee_sums.items() if k == column}
+        if mine != theirs:
+            problems.append(f"fees {column} {mine} != {theirs}")
     return not problems, "; ".join(problems) or (
         f"{got.rows} rows, fees " + ", ".join(f"{v} {c}" for c, v in sorted(got.fees.items()))
     )
