@@ -127,10 +127,14 @@ def _task_sum_fees(sums: dict[tuple[str, str], Decimal | None]) -> dict[str, Dec
 
 def measured_totals(url: str, contender: str) -> Totals:
     """The same totals from the contender's table. A NULL currency counts as "NULL", a sum of
-    only NULL amounts as None: either differs from what the simulator serves."""
+    only NULL amounts as None: either differs from what the simulator serves. No table is no
+    rows (dlt creates none when it loads nothing, as with `--tasks 0`)."""
     table = "laaffic.group_call_tasks" if contender == "dlt" else "public.group_call_tasks"
     sums: dict[tuple[str, str], Decimal | None] = {}
     with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+        if not found or found[0] is None:
+            return Totals(0, 0, {}, {}, 0)
         rows, distinct, id_sum = conn.execute(
             f"SELECT count(*), count(DISTINCT task_id), coalesce(sum(task_id), 0) FROM {table}"
         ).fetchone() or (0, 0, 0)

@@ -79,3 +79,13 @@ def test_wrong_task_ids_fail(loaded: str) -> None:
     correct, detail = _verdict(loaded)
     assert not correct
     assert "task ids" in detail
+
+
+@pytest.mark.parametrize("contender", ["pipeline", "baseline", "dlt"])
+def test_no_table_is_no_rows(database_url: str, contender: str) -> None:
+    """`--tasks 0`: dlt creates no table when it loads nothing; that is right, not an error."""
+    config = SimulatorConfig(day_counts={FIRST: 0, LAST: 0})
+    correct, detail = check(expected_totals(config, DAYS), measured_totals(database_url, contender))
+    assert correct, detail
+    many = check(expected_totals(SimulatorConfig(), DAYS), measured_totals(database_url, contender))
+    assert not many[0]
