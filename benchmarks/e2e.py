@@ -50,6 +50,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -349,8 +350,9 @@ def postgres_server(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[s
 
 
 def create_database(server_url: str, name: str) -> str:
+    """A new, empty database `name`; an existing one (another run's, a kept one) is an error,
+    never dropped: the server may be shared."""
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return with_database(server_url, name)
 
@@ -930,8 +932,9 @@ def main(argv: list[str] | None = None) -> int:
             f"expected: {expected.rows} rows, taskSumPayFee "
             + ", ".join(f"{v} {c}" for c, v in sorted(expected.fees.items()))
         )
+        tag = f"e2e_{uuid.uuid4().hex[:12]}"  # unique on a shared server (a pid is not)
         print(header, flush=True)
-        tag = f"e2e_{os.getpid()}"
+        print(f"databases: {tag}_<contender>_<run>", flush=True)
         for repeat in range(1, args.repeat + 1):
             for name in args.contenders:
                 db_name = f"{tag}_{name}_{repeat}"
