@@ -17,6 +17,8 @@ syncing the same simulated data set into a fresh database, measured side by side
      it; Dagster start-up included), DAGSTER_HOME a local instance with the project's dagster.yaml.
   2. baseline: `python -m benchmarks.baseline` (serial requests, one regex, COPY + upsert).
   3. dlt: `python -m benchmarks.dlt_contender` (rest_api source, merge, csv loader files).
+  A CHECKPOINT before each contender writes out the previous one's dirty pages, and with
+  `--repeat` each repeat starts with the next contender, so no contender always follows another.
 - Correctness: row count, distinct task ids, the sum of the task ids and, per currency, the sums
   of the three fee strings (`taskSumPayFee`, `groupCallPayFee`, `smsPayFee`) in the contender's
   table equal the simulator's (regenerated in-process from the same seed); a NULL currency or
@@ -362,6 +364,17 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def checkpoint(server_url: str) -> bool:
+    """Flush the server's dirty pages (CHECKPOINT) so that one contender's writes are not written
+    out during the next one's time. False if the role may not (superuser or pg_checkpoint)."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+    return True
 
 
 def server_version(server_url: str) -> str:
@@ -935,18 +948,24 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"e2e_{uuid.uuid4().hex[:12]}"  # unique on a shared server (a pid is not)
         print(header, flush=True)
         print(f"databases: {tag}_<contender>_<run>", flush=True)
+        if not checkpoint(server_url):
+            print("no CHECKPOINT between contenders (the role may not)", flush=True)
         for repeat in range(1, args.repeat + 1):
-            for name in args.contenders:
+            # Each repeat starts with the next contender: none always runs first, or last.
+            shift = (repeat - 1) % len(args.contenders)
+            for name in [*args.contenders[shift:], *args.contenders[:shift]]:
                 db_name = f"{tag}_{name}_{repeat}"
                 db_url = create_database(server_url, db_name)
                 if not args.keep_databases:
                     stack.callback(drop_database, server_url, db_name)
+                checkpoint(server_url)  # the previous contender's writes flushed before, not now
                 run = run_contender(
                     name, repeat, args, sim, db_cpu, db_url, first, last, workdir, expected
                 )
                 runs.append(run)
                 _print_run(run)
                 if name == "pipeline" and args.resync and run.correct:
+                    checkpoint(server_url)
                     again = resync(
                         args, sim, db_cpu, db_url, first, last, workdir, expected, repeat
                     )
