@@ -78,13 +78,19 @@ COMMENT ON COLUMN group_call_sync_status.run_id IS 'The Dagster run.';
 
 -- Read-only role for BI tools: grant it to a login role (GRANT laaffic_reader TO metabase;).
 -- Creating roles needs CREATEROLE; without it the role is left to a DBA and a notice says so.
+-- Roles belong to the server, not the database: a migration of another database on the same
+-- server may create it at the same moment (the advisory lock is per database); then this one
+-- finds it created (unique_violation, or duplicate_object once the other has committed).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'laaffic_reader') THEN
         CREATE ROLE laaffic_reader NOLOGIN;
     END IF;
-EXCEPTION WHEN insufficient_privilege THEN
-    RAISE NOTICE 'cannot create role laaffic_reader (no CREATEROLE); ask a DBA to create it';
+EXCEPTION
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'cannot create role laaffic_reader (no CREATEROLE); ask a DBA to create it';
+    WHEN unique_violation OR duplicate_object THEN
+        NULL;  -- created concurrently by another database's migration: granted to below
 END
 $$;
 

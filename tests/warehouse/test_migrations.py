@@ -397,3 +397,87 @@ def test_rejects_stored_before_reported_at_existed_count_as_reported(
         "SELECT task_id, reported_at IS NOT NULL FROM group_call_task_rejects ORDER BY task_id"
     ).fetchall()
     assert rows == [(1, True), (2, False)]
+
+
+@pytest.mark.timeout(120)
+def test_a_migration_racing_another_database_for_the_reader_role_still_succeeds() -> None:
+    """The role is cluster-wide while the migrations' advisory lock is per database: two
+    databases of one server migrated at once (staging and production, say) both find no
+    laaffic_reader and both create it. The one that loses must grant to the role the other
+    created, not fail its whole migration with a unique violation on pg_authid. A server of its
+    own (the role must not exist yet); the other database's CREATE ROLE is held uncommitted until
+    this one's is waiting on it, so the race happens every time."""
+    import tempfile
+    import threading
+    import time
+
+    from pipelines.warehouse.embedded import start_embedded_postgres
+    from pipelines.warehouse.urls import with_database
+
+    # Not tmp_path: the server runs as another user, who must be able to reach its directory.
+    tmp = tempfile.mkdtemp(prefix="laaffic-test-roles-")
+    server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="delete")
+    try:
+        url = server.get_uri()
+        with psycopg.connect(url, autocommit=True) as admin:
+            assert admin.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname = %s", (READER,)
+            ).fetchone() == (0,)
+            for name in ("staging", "production"):
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            with psycopg.connect(with_database(url, "staging")) as other:
+                other.execute(f"CREATE ROLE {READER} NOLOGIN")  # not committed yet
+                errors: list[BaseException] = []
+
+                def migrate_production() -> None:
+                    try:
+                        with psycopg.connect(with_database(url, "production")) as conn:
+                            apply_migrations(conn)
+                    except BaseException as exc:  # reported by the assertion below
+                        errors.append(exc)
+
+                thread = threading.Thread(target=migrate_production)
+                thread.start()
+                deadline = time.monotonic() + 60
+                while admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'production' "
+                    "AND wait_event_type = 'Lock'"  # on the role the other is creating
+                ).fetchone() != (1,):
+                    assert thread.is_alive() and time.monotonic() < deadline, errors
+                    time.sleep(0.05)
+                other.commit()
+                thread.join(60)
+            assert errors == []
+        with psycopg.connect(with_database(url, "production"), autocommit=True) as conn:
+            assert [path.name for path in migration_files()] == [
+                name for (name,) in conn.execute("SELECT name FROM schema_migrations ORDER BY 1")
+            ]
+            for relation in BI_OBJECTS:
+                assert conn.execute(
+                    "SELECT has_table_privilege(%s, %s, 'SELECT')", (READER, relation)
+                ).fetchone() == (True,), relation
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_database_that_ran_an_earlier_equivalent_text_is_not_warned(
+    conn: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """003 was edited (the reader role's creation race) after databases applied it; they need
+    nothing from the edit, so they are not told on every start that it changed. A file changed
+    in any other way still is."""
+    from pipelines.warehouse.migrate import SUPERSEDED_CHECKSUMS
+
+    apply_migrations(conn)
+    (earlier,) = SUPERSEDED_CHECKSUMS["003_bi_layer.sql"]
+    conn.execute(
+        "UPDATE schema_migrations SET checksum = %s WHERE name = '003_bi_layer.sql'", (earlier,)
+    )
+    with caplog.at_level("WARNING", logger="pipelines.warehouse.migrate"):
+        assert apply_migrations(conn) == []
+    assert caplog.messages == []
+    conn.execute("UPDATE schema_migrations SET checksum = 'x' WHERE name = '003_bi_layer.sql'")
+    with caplog.at_level("WARNING", logger="pipelines.warehouse.migrate"):
+        assert apply_migrations(conn) == []
+    assert caplog.messages == ["migration 003_bi_layer.sql changed after it was applied"]
