@@ -140,7 +140,21 @@ def dev(port: int) -> int:
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> int:
-    """Interrupt a process group as Ctrl-C would; kill what is left after 20 s."""
+    """Interrupt a process group as Ctrl-C would; kill what is left after 20 s.
+
+    From here on a further Ctrl-C or SIGTERM (a second Ctrl-C, a service manager or `timeout`
+    signalling again, `uv run` forwarding the one it got too) kills the group at once instead
+    of interrupting this: raised as an exception, it left `dagster dev` and everything it started
+    running while the simulator and the embedded PostgreSQL they use were stopped. The handlers
+    stay for the rest of the command, which is exiting, so stopping those is not cut short
+    either."""
+
+    def kill_now(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGINT, kill_now)
+    signal.signal(signal.SIGTERM, kill_now)
     os.killpg(process.pid, signal.SIGINT)
     try:
         code = process.wait(timeout=20)

@@ -1,0 +1,103 @@
+"""`python -m pipelines dev`: what it leaves behind when it is stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from pipelines.warehouse.embedded import embedded_postgres_running
+from tests.defs.helpers import clean_env, free_port, make_dagster_home
+from tests.reliability.helpers import Process
+
+
+@pytest.fixture
+def pgdata() -> Iterator[Path]:
+    """Where the command's embedded PostgreSQL keeps its data: not under tmp_path, which the
+    server's own user may not be able to reach. Its server is stopped (by PID) afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="laaffic-test-dev-"))
+    try:
+        yield tmp / "pgdata"
+    finally:
+        pid_file = tmp / "pgdata" / "postmaster.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ValueError, psutil.Error):
+                psutil.Process(int(pid_file.read_text().split()[0])).send_signal(signal.SIGINT)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dev(tmp_path: Path, pgdata: Path, port: int) -> Process:
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
+    )
+    return Process(
+        [sys.executable, "-m", "pipelines", "dev", "--port", str(port)], env, tmp_path / "dev.log"
+    )
+
+
+def _session(leader: int) -> list[psutil.Process]:
+    """The live processes of the session `leader` started (dagster dev runs in its own)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getsid(process.pid) == leader and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def _kill_session(leader: int | None) -> None:
+    if leader is not None:
+        for process in _session(leader):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+@pytest.mark.timeout(240)
+def test_a_second_stop_signal_still_stops_everything_dev_started(
+    tmp_path: Path, pgdata: Path
+) -> None:
+    """A service manager (or `timeout`, or `uv run` forwarding the signal it got itself) sends
+    SIGTERM more than once, and an impatient user presses Ctrl-C twice. The second signal used to
+    interrupt the shutdown of `dagster dev`: the command exited, stopping the simulator and the
+    embedded PostgreSQL, and left the webserver, daemon and code servers running against them."""
+    port = free_port()
+    process = _dev(tmp_path, pgdata, port)
+    dagster_dev: int | None = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.popen.poll() is None, process.output()[-3000:]
+            assert time.monotonic() < deadline, process.output()[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
+                    break
+            time.sleep(0.25)
+        (child,) = psutil.Process(process.pid).children()
+        assert "dagster" in child.cmdline()
+        dagster_dev = child.pid
+        assert len(_session(dagster_dev)) >= 4  # dagster dev, webserver, daemon, code server
+
+        os.kill(process.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+        # By the time the command has exited, nothing it started is left: not a server still
+        # shutting down, and not one that will never stop.
+        left = [" ".join(p.cmdline()[:4]) for p in _session(dagster_dev)]
+        assert left == [], f"left running: {left}"
+        assert not embedded_postgres_running(pgdata)
+    finally:
+        process.stop(signal.SIGINT, grace=30)
+        _kill_session(dagster_dev)
