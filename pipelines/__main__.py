@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -118,6 +119,16 @@ def print_summary(rows: list[tuple[date, str, int, int, int, Decimal]]) -> None:
 
 
 def dev(port: int) -> int:
+    if _port_in_use(port):
+        # `dagster dev` would carry on without its UI (the daemon, sensors and schedule running,
+        # the URL printed below showing whatever else listens there): refuse before starting.
+        print(
+            f"cannot serve the Dagster UI on 127.0.0.1:{port}: the port is in use (another "
+            "`python -m pipelines dev`?). Stop what uses it, or choose another port: "
+            "python -m pipelines dev --port N",
+            file=sys.stderr,
+        )
+        return 2
     # Locally, in-progress tasks move on every 2 minutes and the open-tasks sensor looks every
     # minute, so its refreshes show up in the UI within minutes (hourly in production).
     os.environ.setdefault("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "60")
@@ -137,6 +148,17 @@ def dev(port: int) -> int:
             return process.wait()
         except (KeyboardInterrupt, SystemExit):
             return _stop_group(process)
+
+
+def _port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (bound as the webserver binds it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> int:

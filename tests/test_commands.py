@@ -1,4 +1,5 @@
-"""`python -m pipelines dev`: what it leaves behind when it is stopped."""
+"""`python -m pipelines dev`: what it does when it cannot serve, and what it leaves behind when
+it is stopped."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -101,3 +103,29 @@ def test_a_second_stop_signal_still_stops_everything_dev_started(
     finally:
         process.stop(signal.SIGINT, grace=30)
         _kill_session(dagster_dev)
+
+
+@pytest.mark.timeout(120)
+def test_a_busy_ui_port_is_refused_at_once(tmp_path: Path, pgdata: Path) -> None:
+    """With the port taken (another `dev`, say), `dagster dev` carried on without its UI: the
+    command had printed the URL, which showed whatever else listens there, and kept the daemon,
+    the simulator and the embedded PostgreSQL running. It now says so and starts nothing."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = _dev(tmp_path, pgdata, port)
+        try:
+            code = process.wait(timeout=45)
+            output = process.output()
+            assert code != 0, output
+            assert f"127.0.0.1:{port}" in output and "in use" in output, output
+            assert "--port" in output, output
+            assert not pgdata.exists(), "the embedded PostgreSQL was started anyway"
+        finally:
+            children: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(process.pid).children()
+            process.stop(signal.SIGINT, grace=30)
+            for child in children:
+                _kill_session(child.pid)
