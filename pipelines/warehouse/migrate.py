@@ -20,6 +20,19 @@ log = logging.getLogger(__name__)
 #: Earlier texts (SHA-256) of migrations edited since, whose edit a database that applied the
 #: earlier text does not need: that database is not told the file "changed after it was applied".
 SUPERSEDED_CHECKSUMS: dict[str, frozenset[str]] = {
+    # 002, 004, 005 as the first versions applied them: 009 brings what they lack.
+    "002_rejects_and_sync_log.sql": frozenset(
+        {
+            "983725d8c33c32b46c71ba7bc7438154dc64da4403758ca214233b9f74caaa3f",
+            "2facaa531d457895a72aea4ee2f2cfb15cda8dbfc0e2e6c6be202e82ce0b83ae",
+        }
+    ),
+    "004_task_fingerprints.sql": frozenset(
+        {"94db87afbf8a9474371d474839e0d936569f99e24739e9d40bddf2aec841062f"}
+    ),
+    "005_sync_log_window_digest.sql": frozenset(
+        {"8e1ab5ce6431b4275ca1e6ca3b6182b7568f0d3ad69b92d4ac6f113515c3db24"}
+    ),
     # 003: the reader role created at the same moment by another database's migration is no
     # longer an error (it only matters while the role does not exist yet).
     "003_bi_layer.sql": frozenset(

@@ -17,6 +17,7 @@ from psycopg import sql
 from pipelines.laaffic.models import FINAL_STATUSES, OPEN_STATUSES, STATUS_LABELS
 from pipelines.warehouse.migrate import apply_migrations, migration_files
 from pipelines.warehouse.queries import IS_OPEN
+from tests.warehouse.helpers import make_records, write
 
 TASKS = "group_call_tasks"
 REJECTS = "group_call_task_rejects"
@@ -481,3 +482,109 @@ def test_a_database_that_ran_an_earlier_equivalent_text_is_not_warned(
     with caplog.at_level("WARNING", logger="pipelines.warehouse.migrate"):
         assert apply_migrations(conn) == []
     assert caplog.messages == ["migration 003_bi_layer.sql changed after it was applied"]
+
+
+#: sql/004 as the first versions of the pipeline applied it (fingerprints kept the day too).
+_EARLIEST_004 = """
+CREATE TABLE IF NOT EXISTS group_call_task_fingerprints (
+    task_id      bigint PRIMARY KEY,
+    created_date date,
+    fingerprint  bytea  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_call_task_fingerprints_date_idx
+    ON group_call_task_fingerprints (created_date);
+COMMENT ON TABLE group_call_task_fingerprints IS 'Internal to the pipeline.';
+COMMENT ON COLUMN group_call_task_fingerprints.task_id IS 'The task.';
+COMMENT ON COLUMN group_call_task_fingerprints.created_date IS 'Its created_date.';
+COMMENT ON COLUMN group_call_task_fingerprints.fingerprint IS 'BLAKE2b-128 of the record.';
+"""
+
+
+def _earliest_002() -> str:
+    """sql/002 as the first versions applied it: the sync log had neither normaliser_version nor
+    open_before / became_final (the files were edited in place afterwards)."""
+    text = migration_files()[1].read_text(encoding="utf-8")
+    for piece in (
+        "    normaliser_version integer NOT NULL,\n",
+        "    open_before   integer     NOT NULL,\n",
+        "    became_final  integer     NOT NULL,\n",
+    ):
+        assert piece in text
+        text = text.replace(piece, "")
+    for column in ("normaliser_version", "open_before", "became_final"):
+        text, found = re.subn(
+            rf"COMMENT ON COLUMN group_call_sync_log\.{column} IS\s*'.*?';\n", "", text, flags=re.S
+        )
+        assert found == 1, column
+    return text
+
+
+def _shape(conn: psycopg.Connection, schema: str) -> dict[str, Any]:
+    """Columns (unordered: a column added later comes last), their comments, and indexes."""
+    return {
+        "columns": set(
+            conn.execute(
+                """
+                SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                       pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum)
+                FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid
+                LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'v')
+                  AND a.attnum > 0 AND NOT a.attisdropped AND c.relname <> 'schema_migrations'
+                """,
+                (schema,),
+            ).fetchall()
+        ),
+        "indexes": set(
+            conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+            ).fetchall()
+        ),
+    }
+
+
+def test_a_database_first_migrated_by_the_earliest_version_is_brought_up_to_date(
+    conn: psycopg.Connection, database_url: str, tmp_path: Path
+) -> None:
+    """002 and 004 were edited after the first versions (the demo's .pgdata among their
+    databases) had applied them. Such a database skips them as applied: its sync log lacked
+    normaliser_version, open_before and became_final, and every sync failed writing them. It ends
+    up with the tables a fresh database gets, keeps its history, and syncs again."""
+    earliest = tmp_path / "earliest"
+    earliest.mkdir()
+    files = migration_files()
+    shutil.copy(files[0], earliest / files[0].name)
+    (earliest / files[1].name).write_text(_earliest_002(), encoding="utf-8")
+    shutil.copy(files[2], earliest / files[2].name)
+    (earliest / files[3].name).write_text(_EARLIEST_004, encoding="utf-8")
+    apply_migrations(conn, earliest)
+    conn.execute(
+        """
+        INSERT INTO group_call_sync_log (window_date, window_start, window_end, time_zone,
+            api_total, pages, requests, retries, received, inserted, updated, unchanged,
+            rejected, new_rejects, open_tasks, started_at)
+        VALUES ('2024-06-03', '2024-06-03', '2024-06-03 23:59:59', 'Asia/Shanghai',
+            0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, now())
+        """
+    )
+    conn.execute(
+        "INSERT INTO group_call_task_fingerprints VALUES (7, '2024-06-03', '\\x00'::bytea)"
+    )
+
+    apply_migrations(conn)
+    day = date(2024, 6, 4)
+    records = make_records(day, 5)
+    with psycopg.connect(database_url) as writer:
+        result = write(writer, records, day)
+    assert result.inserted == 5
+    assert conn.execute("SELECT count(*) FROM group_call_sync_log").fetchone() == (2,)
+    assert conn.execute(
+        "SELECT normaliser_version, open_before, became_final FROM group_call_sync_log "
+        "WHERE window_date = '2024-06-03'"
+    ).fetchone() == (0, 0, 0)  # not recorded then: 0 (an older version re-derives the day)
+
+    conn.execute("CREATE SCHEMA fresh")
+    conn.execute("SET search_path = fresh")
+    apply_migrations(conn)
+    conn.execute("RESET search_path")
+    assert _shape(conn, "public") == _shape(conn, "fresh")
