@@ -7,6 +7,7 @@ with a server on the machine. The default data directory is `.pgdata/` at the pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -47,7 +48,7 @@ def embedded_warehouse_url(pgdata: Path | None = None) -> str:
     """URL of the `laaffic` database on the embedded server, started if it is not running.
 
     The server outlives this process on purpose (Dagster's run workers, daemon and webserver all
-    connect to it); `stop_embedded_postgres` stops it.
+    connect to it); `embedded_warehouse` stops a server its own block started.
     """
     server = start_embedded_postgres(pgdata or embedded_pgdata())
     server_url: str = server.get_uri()
@@ -56,7 +57,14 @@ def embedded_warehouse_url(pgdata: Path | None = None) -> str:
             "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
         ).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+            # Every process without WAREHOUSE_URL gets here on its own (the daemon's sensors,
+            # run workers, a run's threads): on a first start another may create it meanwhile.
+            with contextlib.suppress(
+                psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation
+            ):
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE))
+                )
     return with_database(server_url, EMBEDDED_DATABASE)
 
 
