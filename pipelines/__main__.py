@@ -145,9 +145,14 @@ def dev(port: int) -> int:
             command, cwd=PROJECT_ROOT, env={**os.environ, **provided}, start_new_session=True
         )
         try:
-            return process.wait()
+            code = process.wait()
         except (KeyboardInterrupt, SystemExit):
             return _stop_group(process)
+        # It exited by itself. Killed outright (the OOM killer, say), it stopped nothing it had
+        # started: none of that may outlive the simulator and the PostgreSQL it uses.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return code
 
 
 def _port_in_use(port: int) -> bool:

@@ -129,3 +129,36 @@ def test_a_busy_ui_port_is_refused_at_once(tmp_path: Path, pgdata: Path) -> None
             process.stop(signal.SIGINT, grace=30)
             for child in children:
                 _kill_session(child.pid)
+
+
+@pytest.mark.timeout(240)
+def test_when_dagster_dev_dies_what_it_started_does_not_outlive_the_command(
+    tmp_path: Path, pgdata: Path
+) -> None:
+    """`dagster dev` killed outright (the OOM killer, say) cannot stop its webserver, daemon and
+    code servers. The command returned and stopped the simulator and the embedded PostgreSQL,
+    leaving those running against nothing (the UI still on its port, the daemon's sensors
+    failing every minute)."""
+    port = free_port()
+    process = _dev(tmp_path, pgdata, port)
+    dagster_dev: int | None = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.popen.poll() is None, process.output()[-3000:]
+            assert time.monotonic() < deadline, process.output()[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
+                    break
+            time.sleep(0.25)
+        (child,) = psutil.Process(process.pid).children()
+        dagster_dev = child.pid
+        child.kill()
+        assert process.wait(timeout=60) != 0
+
+        left = [" ".join(p.cmdline()[:4]) for p in _session(dagster_dev)]
+        assert left == [], f"left running: {left}"
+        assert not embedded_postgres_running(pgdata)
+    finally:
+        process.stop(signal.SIGINT, grace=30)
+        _kill_session(dagster_dev)
