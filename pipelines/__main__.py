@@ -1,7 +1,8 @@
 """`python -m pipelines demo | dev | simulator`: the whole thing locally, nothing configured.
 
 Whatever is not configured is provided: no LAAFFIC credentials → the bundled simulator on
-127.0.0.1; no WAREHOUSE_URL → the embedded PostgreSQL. What this command starts, it stops.
+127.0.0.1; no WAREHOUSE_URL → the embedded PostgreSQL. What this command starts, it stops. The
+simulator's made-up tasks go into a configured WAREHOUSE_URL only with --simulated-into-warehouse.
 """
 
 from __future__ import annotations
@@ -56,6 +57,23 @@ def local_environment(advance_every_seconds: float | None = None) -> Iterator[di
             provided["DAGSTER_HOME"] = str(PROJECT_ROOT / ".dagster_home")
         os.environ.update(provided)
         yield provided
+
+
+def simulated_into_warehouse_refusal() -> str | None:
+    """Why the simulator must not write into WAREHOUSE_URL, or None. Without credentials the
+    simulator stands in for the API; with a WAREHOUSE_URL exported for a real warehouse, its
+    made-up tasks would be upserted there (overwriting real rows that share a taskId)."""
+    from pipelines.warehouse.urls import redact
+
+    url = os.environ.get("WAREHOUSE_URL")
+    if not url or (os.environ.get("LAAFFIC_API_KEY") and os.environ.get("LAAFFIC_API_SECRET")):
+        return None
+    return (
+        f"WAREHOUSE_URL is set ({redact(url)}) but LAAFFIC_API_KEY / LAAFFIC_API_SECRET are not: "
+        "the local simulator would write its made-up tasks into that warehouse. Unset "
+        "WAREHOUSE_URL to use the embedded PostgreSQL, set the credentials to read the real "
+        "API, or pass --simulated-into-warehouse if that database is a scratch one."
+    )
 
 
 def last_days(timezone: str, count: int) -> list[date]:
@@ -207,7 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     run_dev = commands.add_parser("dev", help="the Dagster UI with schedule and sensors on")
     run_dev.add_argument("--port", type=int, default=3000)
     commands.add_parser("simulator", help="serve the LAAFFIC API simulator", add_help=False)
+    for command in (run_demo, run_dev):
+        command.add_argument(
+            "--simulated-into-warehouse",
+            action="store_true",
+            help="without credentials, let the simulator's tasks go into WAREHOUSE_URL",
+        )
     args, rest = parser.parse_known_args(argv)
+    if args.command in ("demo", "dev") and not args.simulated_into_warehouse:
+        refusal = simulated_into_warehouse_refusal()
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 2
     if args.command == "demo":
         return demo(args.days)
     if args.command == "dev":

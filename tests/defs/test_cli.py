@@ -1,6 +1,7 @@
 """The acceptance commands as a user types them, each in its own process: definitions validate
 with nothing configured, `dagster asset materialize` for a day and for a week in one run, a run
-without credentials, and the one-command demo."""
+without credentials, and the one-command demo (which keeps the simulator out of a configured
+warehouse)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
+import psycopg
+import pytest
 from dagster import AssetKey, DagsterRunStatus
 
 from pipelines.laaffic.simulator import SimulatorServer
@@ -26,6 +29,7 @@ from tests.defs.helpers import (
     stored_days,
     stored_tasks,
 )
+from tests.reliability.helpers import with_password
 
 ASSET = AssetKey("group_call_tasks")
 MATERIALIZE = ["asset", "materialize", "-m", "pipelines.definitions", "--select", ASSET.path[0]]
@@ -150,3 +154,33 @@ def test_demo_runs_with_nothing_configured_and_cleans_up(tmp_path: Path) -> None
     # It stopped the embedded PostgreSQL it started for that data directory.
     assert (pgdata / "PG_VERSION").exists()
     assert not embedded_postgres_running(pgdata)
+
+
+@pytest.mark.parametrize("command", ["demo", "dev"])
+def test_the_simulator_is_not_let_into_a_configured_warehouse(
+    database_url: str, tmp_path: Path, command: str
+) -> None:
+    """WAREHOUSE_URL exported for a real warehouse and no credentials: the simulator's made-up
+    tasks would be upserted there. The command refuses before it starts anything."""
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        WAREHOUSE_URL=with_password(database_url, "s3cret"),
+        LAAFFIC_EMBEDDED_PGDATA=str(tmp_path / "pgdata"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", command],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, _output(result)
+    assert "WAREHOUSE_URL is set" in result.stderr, _output(result)
+    assert "--simulated-into-warehouse" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "local simulator" not in result.stdout  # nothing was started
+    assert not (tmp_path / "pgdata").exists()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('group_call_tasks')").fetchone() == (None,)
