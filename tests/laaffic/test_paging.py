@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -144,6 +145,47 @@ def test_upstream_duplicate_task_ids_are_kept_once_and_reported(
     assert result.stats.api_total == 303
     assert result.stats.upstream_duplicates == 3
     assert fingerprint(result.records) == fingerprint(server.simulator.store.all_tasks([DAY]))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_task_read_again_by_a_later_pass_is_kept_as_last_read(
+    serve: Serve, concurrency: int
+) -> None:
+    """The first pass's answers say 301 tasks where 300 are listed, so the client reads the window
+    again; before that second pass a task is created (it finds something new, so it completes the
+    window itself) and every in-progress task finishes. The records kept are the ones the second
+    pass read (final), not the first pass's (in progress)."""
+    server = serve(SimulatorConfig(day_counts={DAY: 300}, open_fraction=0.5))
+    sim = server.simulator
+    query = sim.query
+    lock = threading.Lock()
+    calls = 0
+    moved: list[int] = []
+
+    def first_pass_short(q: dict[str, Any]) -> bytes:
+        nonlocal calls
+        with lock:
+            calls += 1
+            call = calls
+            if call == 5:  # the second pass's page 1: the first pass read pages 1..4
+                sim.store.add_live_task(f"{DAY.isoformat()} 23:59:59")
+                moved.append(sim.store.advance([DAY], to_final=True))
+        if call > 4:
+            return query(q)
+        answer = json.loads(query(q))
+        answer["data"]["total"] += 1
+        return json.dumps(answer).encode()
+
+    sim.query = first_pass_short  # type: ignore[method-assign]
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    assert result.stats.passes == 2
+    assert calls == 8  # two passes of four pages, no reading in pieces
+    assert moved and moved[0] > 1  # tasks really did change between the passes
+    assert len(result.records) == 301
+    assert {record["status"] for record in result.records} <= {2, 3, 4}  # none left in progress
+    assert fingerprint(result.records) == fingerprint(sim.store.all_tasks([DAY]))
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
