@@ -277,6 +277,11 @@ TAMPERING = {
         "SET sms_pay_fee_amount = -1, "
         "group_call_pay_fee_amount = group_call_pay_fee_amount + sms_pay_fee_amount + 1",
     ),
+    "fees in different currencies": (
+        "call_num > 0",
+        "SET sms_pay_fee_currency = "
+        "CASE WHEN task_sum_pay_fee_currency = 'EUR' THEN 'USD' ELSE 'EUR' END",
+    ),
 }
 
 
