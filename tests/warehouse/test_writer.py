@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
@@ -146,6 +146,55 @@ def test_a_changed_task_is_updated_and_keeps_first_seen(migrated: psycopg.Connec
     assert all(after[task_id] == before[task_id] for task_id in untouched)
     inserted = after[new[0]["taskId"]]
     assert inserted["first_seen_at"] == inserted["last_changed_at"]
+
+
+def _changed_in_every_field(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` as the API could list it later: every documented field has another value."""
+    later = dict(record)
+    for field in ("numCnt", "callNum", "success", "fail", "answeredNum", "sendSmsNum"):
+        later[field] = record[field] + 1
+    for field in ("scriptId", "taskType", "agentTotalFeetime", "chargeLen"):
+        later[field] = record[field] + 1
+    created = datetime.strptime(record["createdTime"], "%Y-%m-%d %H:%M:%S")
+    currency = "EUR" if record["taskSumPayFee"].endswith("(USD)") else "USD"
+    later.update(
+        taskName=record["taskName"] + " (renamed)",
+        status=4 if record["status"] != 4 else 3,
+        rate=str(Decimal(record["rate"]) + Decimal("0.5")),
+        asr=str(Decimal(record["asr"]) + Decimal("0.5")),
+        acd=str(Decimal(record["acd"].removesuffix("s")) + 1) + "s",
+        createdTime=(created + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S"),
+        agentFee=str(Decimal(record["agentFee"]) + Decimal("0.000001")),
+    )
+    for field in FEE_FIELDS:
+        amount = Decimal(record[field][: record[field].index("(")]) + Decimal("0.000001")
+        later[field] = f"{amount}({currency})"
+    return later
+
+
+def test_an_update_rewrites_every_column(migrated: psycopg.Connection) -> None:
+    """A task the API lists again with every field changed is stored exactly as a task first
+    inserted with those values: every column the upsert's SET must carry (money included)."""
+    records = make_records(DAY, 5)
+    write(migrated, records, DAY)
+    before = _rows(migrated)
+
+    changed = _changed_in_every_field(records[2])
+    fresh = dict(changed, taskId=9_000_000)  # the same values on a task seen for the first time
+    result = write(migrated, [changed, fresh], DAY)
+    assert (result.inserted, result.updated, result.rejected) == (1, 1, 0)
+
+    after = _rows(migrated)
+    bookkeeping = {"xmin", "task_id", "raw", "first_seen_at", "last_changed_at"}
+    columns = sorted(set(after[fresh["taskId"]]) - bookkeeping)
+    old, updated, inserted = (
+        {c: row[c] for c in columns}
+        for row in (before[changed["taskId"]], after[changed["taskId"]], after[fresh["taskId"]])
+    )
+    # The test can tell: every compared column differs between the old row and the new values.
+    assert [c for c in columns if old[c] == inserted[c]] == []
+    assert updated == inserted
+    assert after[changed["taskId"]]["raw"] == changed
 
 
 def test_values_land_typed_and_in_the_account_time_zone(migrated: psycopg.Connection) -> None:
