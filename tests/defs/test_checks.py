@@ -22,9 +22,11 @@ from pipelines.defs.assets import SETTINGS, group_call_tasks
 from pipelines.defs.checks import (
     freshness_checks,
     no_new_rejects,
+    open_tasks_within_horizon,
     row_count_matches_api,
     task_invariants_hold,
 )
+from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
 from tests.defs.helpers import days_between, range_tags, resources
 from tests.laaffic.helpers import repeat_some_rows
@@ -310,3 +312,43 @@ def test_invariants_check_fails_on_a_tampered_task_and_names_it(
         assert check.metadata["days_checked"].value == len(DAYS)
         assert check.metadata["tasks_broken"].value == 1
         assert f"| {task_id} | {day} | {problem} |" in _md(check, "broken")
+
+
+def test_open_tasks_past_the_horizon_warn_and_name_a_task(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    """Open tasks of a day older than the horizon make the check warn (counted, the oldest
+    named); open tasks inside the horizon do not count; once they are final it passes."""
+    sim = simulator.simulator
+    sim.configure(open_fraction=0.5)  # every day has open tasks, whatever today is
+    horizon_days = SETTINGS.open_tasks_horizon_days
+    assert horizon_days >= 3
+    today = datetime.now(ZoneInfo(SETTINGS.timezone)).date()
+    # Two days clear of the horizon on each side, so a midnight during the test changes nothing.
+    old, recent = today - timedelta(days=horizon_days + 2), today - timedelta(days=horizon_days - 2)
+    opened = {
+        day: sorted(t.task_id for t in sim.store.day(day) if t.record["status"] in OPEN_STATUSES)
+        for day in (old, recent)
+    }
+    assert opened[old] and opened[recent]
+    with DagsterInstance.ephemeral() as instance:
+        _sync(simulator, database_url, instance, [old])
+        _sync(simulator, database_url, instance, [recent])
+
+        check = _run_checks(simulator, database_url, instance, [open_tasks_within_horizon])[
+            "open_tasks_within_horizon"
+        ]
+        assert not check.passed
+        assert check.severity == AssetCheckSeverity.WARN
+        assert check.metadata["stale_open_tasks"].value == len(opened[old])
+        examples = _md(check, "examples")
+        assert f"| {opened[old][0]} | {old} |" in examples
+        assert all(str(task_id) not in examples for task_id in opened[recent])
+
+        sim.store.advance([old], to_final=True)
+        _sync(simulator, database_url, instance, [old])
+        check = _run_checks(simulator, database_url, instance, [open_tasks_within_horizon])[
+            "open_tasks_within_horizon"
+        ]
+        assert check.passed
+        assert check.metadata["stale_open_tasks"].value == 0
