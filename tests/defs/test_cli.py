@@ -39,8 +39,10 @@ def _output(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
-def test_definitions_validate_with_nothing_configured(tmp_path: Path) -> None:
-    pgdata = tmp_path / "pgdata"
+def test_definitions_validate_with_nothing_configured(
+    tmp_path: Path, embedded_pgdata: Path
+) -> None:
+    pgdata = embedded_pgdata
     env = clean_env(
         DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
         LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
@@ -122,8 +124,10 @@ def test_cli_run_without_credentials_fails_at_once_naming_them(
 SUMMARY_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2})\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$", re.MULTILINE)
 
 
-def test_demo_runs_with_nothing_configured_and_cleans_up(tmp_path: Path) -> None:
-    pgdata = tmp_path / "pgdata"
+def test_demo_runs_with_nothing_configured_and_cleans_up(
+    tmp_path: Path, embedded_pgdata: Path
+) -> None:
+    pgdata = embedded_pgdata
     env = clean_env(
         DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
         LAAFFIC_EMBEDDED_PGDATA=str(pgdata),

@@ -442,13 +442,15 @@ def test_the_simulator_command_listens_on_loopback_only(tmp_path: Path) -> None:
         process.stop(signal.SIGINT, grace=10)
 
 
-def test_the_dev_ui_and_what_it_starts_listen_on_loopback_only(tmp_path: Path) -> None:
+def test_the_dev_ui_and_what_it_starts_listen_on_loopback_only(
+    tmp_path: Path, embedded_pgdata: Path
+) -> None:
     """`python -m pipelines dev`: the Dagster webserver, its daemon and code servers, the
     simulator and the embedded PostgreSQL. Every listening socket of the process tree is on
     127.0.0.1; PostgreSQL has none (Unix socket only). Stopped as Ctrl-C stops it (SIGINT to the
     process group), which also stops the PostgreSQL it started."""
     port = free_port()
-    pgdata = tmp_path / "pgdata"
+    pgdata = embedded_pgdata
     env = clean_env(
         DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
         LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
