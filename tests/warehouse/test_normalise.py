@@ -124,6 +124,7 @@ REFUSED: list[tuple[str, Any]] = [
     ("fee", {"amount": "0", "currency": "USD"}),
     ("amount", "abc"),
     ("amount", "0.1234567"),
+    ("amount", "123456789012345"),
     ("amount", "1e5"),
     ("amount", "NaN"),
     ("amount", "0x10"),
@@ -330,8 +331,10 @@ MALFORMED: list[tuple[str, Any]] = [
     ("taskSumPayFee", "12(US)"),
     ("taskSumPayFee", ""),  # required: empty is a reject, not a NULL
     ("groupCallPayFee", "1.1234567(USD)"),
+    ("groupCallPayFee", "123456789012345(USD)"),  # > 14 integer digits: numeric(20,6) overflows
     ("agentFee", ""),
     ("agentFee", "0.1234567"),
+    ("agentFee", "123456789012345"),
     ("rate", "abc"),
     ("asr", True),
     ("acd", "sixty"),

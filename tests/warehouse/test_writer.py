@@ -387,8 +387,9 @@ def test_hostile_values_are_rejected_without_failing_the_window(
     migrated: psycopg.Connection,
 ) -> None:
     """Values PostgreSQL itself would refuse (digits of other scripts, NUL, NaN, year 0, a leap
-    second) become rejects; the window is written and the other tasks are untouched by them."""
-    records = make_records(DAY, 8)
+    second, an amount past numeric(20,6)) become rejects; the window is written and the other
+    tasks are untouched by them."""
+    records = make_records(DAY, 10)
     records[0]["rate"] = "\u0661\u0662"  # Arabic-Indic "12"
     records[1]["groupCallPayFee"] = "\u0663(USD)"
     records[2]["taskName"] = "bad\x00name"
@@ -397,8 +398,10 @@ def test_hostile_values_are_rejected_without_failing_the_window(
     records[4]["createdTime"] = "0000-01-01 00:00:00"
     records[5]["createdTime"] = "2024-06-04 23:59:60"
     records[6]["taskName"] = "\U0001f600 fine"  # an emoji (a surrogate pair in JSON) is fine
+    records[8]["agentFee"] = "123456789012345"  # 15 integer digits: numeric(20,6) overflows
+    records[9]["taskSumPayFee"] = "123456789012345.5(USD)"
     result = write(migrated, records, DAY)
-    assert (result.received, result.inserted) == (8, 8)
+    assert (result.received, result.inserted) == (10, 10)
     refused = sorted((r["task_id"], r["field"]) for r in _rejects(migrated))
     assert refused == sorted(
         [
@@ -408,6 +411,8 @@ def test_hostile_values_are_rejected_without_failing_the_window(
             (records[3]["taskId"], "asr"),
             (records[4]["taskId"], "createdTime"),
             (records[5]["taskId"], "createdTime"),
+            (records[8]["taskId"], "agentFee"),
+            (records[9]["taskId"], "taskSumPayFee"),
         ]
     )
     stored: dict[int, Any] = dict(migrated.execute("SELECT task_id, raw FROM group_call_tasks"))
