@@ -24,7 +24,9 @@ from pipelines.defs.schedules import DAILY_SYNC_JOB
 from pipelines.defs.sensors import STATE_TAG, open_tasks_sensor
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
+from pipelines.warehouse.migrate import apply_migrations
 from tests.defs.helpers import range_tags
+from tests.warehouse.helpers import make_records, write
 
 SENSOR = "open_tasks_sensor"
 
@@ -148,6 +150,31 @@ def test_sensor_skips_when_nothing_is_open(simulator: SimulatorServer, database_
             partition_key=days[0].isoformat(),
         )
         assert isinstance(_evaluate(instance, database_url), SkipReason)
+
+
+def test_only_days_from_the_horizon_to_yesterday_are_refreshed(database_url: str) -> None:
+    """Open tasks stored for the horizon's first day and for yesterday are refreshed; open tasks
+    of the day before the horizon (no longer followed) and of today (not a partition yet) are
+    not."""
+    today = datetime.now(ZoneInfo(SETTINGS.timezone)).date()
+    first = today - timedelta(days=SETTINGS.open_tasks_horizon_days)
+    days = [first - timedelta(days=1), first, today - timedelta(days=1), today]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_migrations(conn)
+        for n, day in enumerate(days):
+            write(conn, make_records(day, 5, first_id=1_000_000 * (n + 1), open_fraction=1), day)
+        open_days = conn.execute(
+            f"SELECT DISTINCT created_date FROM group_call_tasks WHERE status IN "
+            f"({', '.join(map(str, sorted(OPEN_STATUSES)))}) ORDER BY 1"
+        ).fetchall()
+    assert [d for (d,) in open_days] == days  # every one of the four days has open tasks
+    with DagsterInstance.ephemeral() as instance:
+        result = _evaluate(instance, database_url)
+    assert isinstance(result, SensorResult)
+    assert sorted(r.partition_key for r in result.run_requests) == [
+        first.isoformat(),
+        days[2].isoformat(),
+    ]
 
 
 def _request_for(result: SensorResult | SkipReason, day: str) -> RunRequest:
