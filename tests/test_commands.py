@@ -48,6 +48,21 @@ def _dev(tmp_path: Path, pgdata: Path, port: int) -> Process:
     )
 
 
+def _serving(process: Process, port: int) -> psutil.Process:
+    """Wait until the command's Dagster UI answers on `port`; its `dagster dev` process."""
+    deadline = time.monotonic() + 180
+    while True:
+        assert process.popen.poll() is None, process.output()[-3000:]
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
+                break
+        time.sleep(0.25)
+    (child,) = psutil.Process(process.pid).children()
+    assert "dagster" in child.cmdline()
+    return child
+
+
 def _session(leader: int) -> list[psutil.Process]:
     """The live processes of the session `leader` started (dagster dev runs in its own)."""
     found = []
@@ -56,6 +71,13 @@ def _session(leader: int) -> list[psutil.Process]:
             if os.getsid(process.pid) == leader and process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)
     return found
+
+
+def _assert_nothing_left(dagster_dev: int, pgdata: Path) -> None:
+    """Nothing of `dagster dev`'s session, and not the embedded PostgreSQL, still runs."""
+    left = [" ".join(p.cmdline()[:4]) for p in _session(dagster_dev)]
+    assert left == [], f"left running: {left}"
+    assert not embedded_postgres_running(pgdata)
 
 
 def _kill_session(leader: int | None) -> None:
@@ -77,17 +99,7 @@ def test_a_second_stop_signal_still_stops_everything_dev_started(
     process = _dev(tmp_path, pgdata, port)
     dagster_dev: int | None = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.popen.poll() is None, process.output()[-3000:]
-            assert time.monotonic() < deadline, process.output()[-3000:]
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
-                    break
-            time.sleep(0.25)
-        (child,) = psutil.Process(process.pid).children()
-        assert "dagster" in child.cmdline()
-        dagster_dev = child.pid
+        dagster_dev = _serving(process, port).pid
         assert len(_session(dagster_dev)) >= 4  # dagster dev, webserver, daemon, code server
 
         os.kill(process.pid, signal.SIGTERM)
@@ -97,9 +109,7 @@ def test_a_second_stop_signal_still_stops_everything_dev_started(
 
         # By the time the command has exited, nothing it started is left: not a server still
         # shutting down, and not one that will never stop.
-        left = [" ".join(p.cmdline()[:4]) for p in _session(dagster_dev)]
-        assert left == [], f"left running: {left}"
-        assert not embedded_postgres_running(pgdata)
+        _assert_nothing_left(dagster_dev, pgdata)
     finally:
         process.stop(signal.SIGINT, grace=30)
         _kill_session(dagster_dev)
@@ -143,22 +153,12 @@ def test_when_dagster_dev_dies_what_it_started_does_not_outlive_the_command(
     process = _dev(tmp_path, pgdata, port)
     dagster_dev: int | None = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.popen.poll() is None, process.output()[-3000:]
-            assert time.monotonic() < deadline, process.output()[-3000:]
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
-                    break
-            time.sleep(0.25)
-        (child,) = psutil.Process(process.pid).children()
+        child = _serving(process, port)
         dagster_dev = child.pid
         child.kill()
         assert process.wait(timeout=60) != 0
 
-        left = [" ".join(p.cmdline()[:4]) for p in _session(dagster_dev)]
-        assert left == [], f"left running: {left}"
-        assert not embedded_postgres_running(pgdata)
+        _assert_nothing_left(dagster_dev, pgdata)
     finally:
         process.stop(signal.SIGINT, grace=30)
         _kill_session(dagster_dev)

@@ -104,12 +104,12 @@ def open_instance(home: Path) -> DagsterInstance:
     return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
-def run_dagster(
+def run_python(
     args: list[str], env: dict[str, str], timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m dagster ...` from the project root, output captured."""
+    """`python ARGS...` (this interpreter) from the project root, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "dagster", *args],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -117,6 +117,13 @@ def run_dagster(
         timeout=timeout,
         check=False,
     )
+
+
+def run_dagster(
+    args: list[str], env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """`python -m dagster ...` from the project root, output captured."""
+    return run_python(["-m", "dagster", *args], env, timeout)
 
 
 def free_port() -> int:

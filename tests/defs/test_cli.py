@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -18,12 +17,12 @@ from dagster import AssetKey, DagsterRunStatus
 from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.warehouse.embedded import embedded_postgres_running
 from tests.defs.helpers import (
-    PROJECT_ROOT,
     clean_env,
     days_between,
     make_dagster_home,
     open_instance,
     run_dagster,
+    run_python,
     sim_env,
     simulated,
     stored_days,
@@ -132,15 +131,7 @@ def test_demo_runs_with_nothing_configured_and_cleans_up(
         DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
         LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines", "demo"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    result = run_python(["-m", "pipelines", "demo"], env, timeout=240)
     assert result.returncode == 0, _output(result)
     assert "local simulator" in result.stdout and "embedded PostgreSQL" in result.stdout
     assert "success" in result.stdout, _output(result)
@@ -171,15 +162,7 @@ def test_the_simulator_is_not_let_into_a_configured_warehouse(
         WAREHOUSE_URL=with_password(database_url, "s3cret"),
         LAAFFIC_EMBEDDED_PGDATA=str(tmp_path / "pgdata"),
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines", command],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(["-m", "pipelines", command], env, timeout=120)
     assert result.returncode == 2, _output(result)
     assert "WAREHOUSE_URL is set" in result.stderr, _output(result)
     assert "--simulated-into-warehouse" in result.stderr

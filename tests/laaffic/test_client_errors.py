@@ -80,6 +80,19 @@ def test_an_allow_listed_loopback_ip_passes(serve: Serve) -> None:
     assert make_client(server).fetch_window(day_window()).records
 
 
+ERROR_DATA: list[Any] = [{}, "", [], {"records": None}]
+
+
+def _error_answers_carry(monkeypatch: pytest.MonkeyPatch, data: Any) -> None:
+    """Make the simulator's error answers carry `data` instead of null."""
+
+    def answer(code: int, msg: str) -> bytes:
+        return json.dumps({"code": code, "msg": msg, "data": data}).encode()
+
+    monkeypatch.setattr(simulator_module, "_code", answer)
+
+
+@pytest.mark.parametrize("data", [None, *ERROR_DATA])
 @pytest.mark.parametrize(
     ("code", "error", "hint"),
     [
@@ -89,14 +102,25 @@ def test_an_allow_listed_loopback_ip_passes(serve: Serve) -> None:
     ],
 )
 def test_fatal_codes_fail_after_exactly_one_request(
-    serve: Serve, code: str, error: type[LaafficApiError], hint: str
+    serve: Serve,
+    monkeypatch: pytest.MonkeyPatch,
+    data: Any,
+    code: str,
+    error: type[LaafficApiError],
+    hint: str,
 ) -> None:
+    """The code decides, not the shape of `data` beside it (null, as documented, or not): a -1
+    whose `data` was not a page was taken for a malformed answer, retried as transient and, once
+    an attempt succeeded, forgotten (or reported as 'not the documented JSON envelope' without
+    the credentials advice)."""
+    _error_answers_carry(monkeypatch, data)
     server = serve()
     server.simulator.script(code)
     with pytest.raises(error) as caught:
         make_client(server, max_attempts=5).fetch_window(day_window())
     assert server.simulator.stats.requests == 1
     assert caught.value.code == int(code)
+    assert caught.value.api_msg == "scripted failure"
     assert hint in str(caught.value)
     assert "reading page 1 of window [2024-06-04 00:00:00 .. 2024-06-04 23:59:59]" in str(
         caught.value
@@ -143,44 +167,6 @@ def test_missing_credentials_are_a_config_error() -> None:
 
 
 #: What an error answer's `data` might hold: the contract documents `data` only on success.
-ERROR_DATA: list[Any] = [{}, "", [], {"records": None}]
-
-
-def _error_answers_carry(monkeypatch: pytest.MonkeyPatch, data: Any) -> None:
-    """Make the simulator's error answers carry `data` instead of null."""
-
-    def answer(code: int, msg: str) -> bytes:
-        return json.dumps({"code": code, "msg": msg, "data": data}).encode()
-
-    monkeypatch.setattr(simulator_module, "_code", answer)
-
-
-@pytest.mark.parametrize("data", ERROR_DATA)
-@pytest.mark.parametrize(
-    ("code", "error"),
-    [("-1", LaafficAuthError), ("-2", LaafficIpRestrictedError), ("-22", LaafficParameterError)],
-)
-def test_a_fatal_code_is_read_whatever_the_answer_carries_as_data(
-    serve: Serve,
-    monkeypatch: pytest.MonkeyPatch,
-    data: Any,
-    code: str,
-    error: type[LaafficApiError],
-) -> None:
-    """The code decides, not the shape of `data` beside it: a -1 whose `data` is not a page was
-    taken for a malformed answer, retried as transient and, once an attempt succeeded, forgotten
-    (or reported as 'not the documented JSON envelope' without the credentials advice)."""
-    _error_answers_carry(monkeypatch, data)
-    server = serve()
-    server.simulator.script(code)
-    with pytest.raises(error) as caught:
-        make_client(server, max_attempts=5).fetch_window(day_window())
-    assert server.simulator.stats.requests == 1
-    assert caught.value.code == int(code)
-    assert caught.value.api_msg == "scripted failure"
-    assert "reading page 1 of window" in str(caught.value)
-
-
 @pytest.mark.parametrize("data", ERROR_DATA)
 def test_minus_16_is_re_signed_whatever_the_answer_carries_as_data(
     serve: Serve, monkeypatch: pytest.MonkeyPatch, data: Any

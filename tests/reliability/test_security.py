@@ -8,7 +8,6 @@ import ast
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from tests.defs.helpers import (
     make_dagster_home,
     open_instance,
     run_dagster,
+    run_python,
 )
 from tests.reliability.helpers import (
     DAY_COUNTS,
@@ -111,15 +111,7 @@ def test_the_ui_shows_the_secrets_by_variable_name_only(database_url: str) -> No
         LAAFFIC_API_SECRET=SECRET,
         WAREHOUSE_URL=with_password(database_url, PASSWORD),
     )
-    result = subprocess.run(
-        [sys.executable, "-c", UI_SNAPSHOT],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(["-c", UI_SNAPSHOT], env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     snapshot = result.stdout
     assert "LAAFFIC_API_SECRET" in snapshot and "WAREHOUSE_URL" in snapshot
