@@ -222,6 +222,8 @@ def sync_days(
         return synced
 
     error: BaseException | None = None
+    #: A day being only logged (see below), while the sync waits for it.
+    being_logged: tuple[date, WindowResult, float, Future[WriteResult | None]] | None = None
     try:
         try:
             for _ in range(days_ahead + 1):
@@ -246,8 +248,13 @@ def sync_days(
                         window_digest=fetched.digest,
                     )
 
-                # A day whose pages are the very ones its last sync read is only logged.
-                shortcut = on_writer(log_if_unchanged).result() if stored_before else None
+                # A day whose pages are the very ones its last sync read is only logged. Kept
+                # while waited for: stopped meanwhile, the log may still commit, and is reported.
+                shortcut = None
+                if stored_before:
+                    being_logged = (day, fetched, clock, on_writer(log_if_unchanged))
+                    shortcut = being_logged[-1].result()
+                    being_logged = None
                 if shortcut is None and fetched.unchanged:
                     # Its rows changed in the warehouse since (deleted, say): read it in full.
                     # Both reads' requests are counted (the log's `requests` is every request
@@ -318,6 +325,14 @@ def sync_days(
             # (the writes behind a failed one did not run).
             while writes and writes[0].exception() is None:
                 yield written()
+            if being_logged is not None and not writes:  # queued after them: it ran if they did
+                day, fetched, clock, future = being_logged
+                if future.exception() is None and (logged_only := future.result()) is not None:
+                    synced = DaySync(
+                        day, fetched.window, fetched.stats, logged_only, time.perf_counter() - clock
+                    )
+                    progress.add(synced)
+                    yield synced
             if isinstance(error, Exception) and failures:
                 raise failures[0]
             raise error

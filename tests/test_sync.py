@@ -335,3 +335,67 @@ def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
         "SELECT window_date FROM group_call_sync_log WHERE run_id = 'stopped'"
     ).fetchall()
     assert [d for (d,) in logged] == [first]
+
+
+def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
+    client: LaafficClient, conn: psycopg.Connection, database_url: str
+) -> None:
+    """A re-sync of a day whose pages are the ones its last sync read only logs it, on the writer
+    thread, while the sync waits (a year's re-sync with nothing new waits there for almost every
+    day). Stopped during that wait, the log row still commits: the day was synced, so it is
+    yielded before the interrupt is raised again (Dagster then records it as materialized)."""
+    sync_day(client, conn, DAY, time_zone=TZ, run_id="first")
+    # The shortcut's sync-log row, for this run only, waits for a lock this test holds.
+    conn.execute(
+        """
+        CREATE FUNCTION test_wait_shortcut() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.run_id = 'stopped' THEN
+                PERFORM pg_advisory_xact_lock(4244);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_wait_shortcut BEFORE INSERT ON group_call_sync_log
+            FOR EACH ROW EXECUTE FUNCTION test_wait_shortcut();
+        """
+    )
+    conn.commit()
+    database = conn.info.dbname
+    yielded: list[date] = []
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(4244)")
+        queued = 0
+
+        def interrupt_the_wait_for_the_shortcut(frame: FrameType, event: str, _: Any) -> None:
+            nonlocal queued
+            if event == "return" and frame.f_code is ThreadPoolExecutor.submit.__code__:
+                queued += frame.f_locals["self"]._thread_name_prefix == "laaffic-writer"
+            elif event == "call" and frame.f_code is Future.result.__code__ and queued == 1:
+                queued += 1  # once
+                # The shortcut is under way on the writer thread (waiting at its log row):
+                # it will commit. Let it, and stop the sync as Ctrl-C would.
+                deadline = time.monotonic() + 60
+                while gate.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                    (database,),
+                ).fetchone() != (1,):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                gate.execute("SELECT pg_advisory_unlock(4244)")
+                raise KeyboardInterrupt
+
+        previous = sys.getprofile()
+        sys.setprofile(interrupt_the_wait_for_the_shortcut)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                for synced in sync_days(client, conn, [DAY], time_zone=TZ, run_id="stopped"):
+                    yielded.append(synced.day)
+        finally:
+            sys.setprofile(previous)
+    assert queued == 2
+    logged = conn.execute(
+        "SELECT unchanged FROM group_call_sync_log WHERE run_id = 'stopped'"
+    ).fetchall()
+    assert len(logged) == 1 and logged[0][0] > 0  # the shortcut committed
+    assert yielded == [DAY]
