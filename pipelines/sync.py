@@ -215,10 +215,11 @@ def sync_days(
 
     def written() -> DaySync:
         """The oldest queued write's day, once committed. It leaves the queue only then: a day
-        whose wait was interrupted is still there to be reported."""
+        whose wait was interrupted is still there to be reported. Its progress line is logged
+        once it has been yielded (`progress.add`): an interrupt landing in the log call (with
+        Dagster, an event written to the instance) must not lose a day already committed."""
         synced = writes[0].result()
         writes.popleft()
-        progress.add(synced)
         return synced
 
     error: BaseException | None = None
@@ -310,9 +311,11 @@ def sync_days(
 
                     writes.append(on_writer(write))
                 while writes and (writes[0].done() or len(writes) > 1):
-                    yield written()
+                    yield (synced := written())
+                    progress.add(synced)
             while writes:
-                yield written()
+                yield (synced := written())
+                progress.add(synced)
         except GeneratorExit:  # the caller stopped iterating: nothing more may be yielded
             raise
         except Exception as exc:  # a read, a normalisation or a write failed
@@ -324,15 +327,16 @@ def sync_days(
             # The days handed to the writer before the first failed write commit: report them
             # (the writes behind a failed one did not run).
             while writes and writes[0].exception() is None:
-                yield written()
+                yield (synced := written())
+                progress.add(synced)
             if being_logged is not None and not writes:  # queued after them: it ran if they did
                 day, fetched, clock, future = being_logged
                 if future.exception() is None and (logged_only := future.result()) is not None:
                     synced = DaySync(
                         day, fetched.window, fetched.stats, logged_only, time.perf_counter() - clock
                     )
-                    progress.add(synced)
                     yield synced
+                    progress.add(synced)
             if isinstance(error, Exception) and failures:
                 raise failures[0]
             raise error

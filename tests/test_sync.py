@@ -399,3 +399,35 @@ def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
     ).fetchall()
     assert len(logged) == 1 and logged[0][0] > 0  # the shortcut committed
     assert yielded == [DAY]
+
+
+def test_a_sync_stopped_while_logging_its_progress_still_reports_the_day_committed(
+    client: LaafficClient, conn: psycopg.Connection
+) -> None:
+    """The interrupt lands wherever the sync is, also in its progress line for a day just
+    committed (with Dagster, `context.log.info` writes an event to the instance's storage). That
+    day is committed: it is yielded before the interrupt is raised again, not lost."""
+
+    class InterruptedLog:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.lines.append(message)
+            if len(self.lines) == 1:
+                raise KeyboardInterrupt  # as Ctrl-C (or a terminated run) arriving here would
+
+        def warning(self, message: str) -> None:
+            self.lines.append(message)
+
+    log = InterruptedLog()
+    yielded: list[date] = []
+    with pytest.raises(KeyboardInterrupt):
+        for synced in sync_days(client, conn, [DAY], time_zone=TZ, run_id="stopped", log=log):
+            yielded.append(synced.day)
+    assert log.lines  # the interrupt did land in the progress line
+    logged = conn.execute(
+        "SELECT window_date FROM group_call_sync_log WHERE run_id = 'stopped'"
+    ).fetchall()
+    assert [d for (d,) in logged] == [DAY]
+    assert yielded == [DAY]
