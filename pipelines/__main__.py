@@ -162,6 +162,25 @@ def dev(port: int) -> int:
         process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env={**os.environ, **provided}, start_new_session=True
         )
+        # The first Ctrl-C or SIGTERM stops the group (below); one arriving after it kills the
+        # group at once, from the moment the first one is received: the two often come a moment
+        # apart (`timeout` signals the process group while `uv run` forwards the same signal),
+        # before `_stop_group` has begun, and interrupted the command, leaving the group running.
+        stopping = False
+
+        def on_stop_signal(signum: int, frame: object) -> None:
+            nonlocal stopping
+            if stopping:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                return
+            stopping = True
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGINT, on_stop_signal)
+        signal.signal(signal.SIGTERM, on_stop_signal)
         try:
             code = process.wait()
         except (KeyboardInterrupt, SystemExit):
@@ -200,7 +219,8 @@ def _stop_group(process: subprocess.Popen[bytes]) -> int:
 
     signal.signal(signal.SIGINT, kill_now)
     signal.signal(signal.SIGTERM, kill_now)
-    os.killpg(process.pid, signal.SIGINT)
+    with contextlib.suppress(ProcessLookupError):  # (killed already by a further signal)
+        os.killpg(process.pid, signal.SIGINT)
     try:
         code = process.wait(timeout=20)
     except subprocess.TimeoutExpired:

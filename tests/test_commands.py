@@ -162,3 +162,79 @@ def test_when_dagster_dev_dies_what_it_started_does_not_outlive_the_command(
     finally:
         process.stop(signal.SIGINT, grace=30)
         _kill_session(dagster_dev)
+
+
+#: Stands in for `python -m pipelines dev` with `dagster dev` replaced by a process group of two
+#: sleepers (its leader prints its pid), nothing else started, and the second stop signal sent
+#: at the earliest moment it can arrive: just after the first one has interrupted the command,
+#: before it has begun stopping the group (as `timeout` signalling the process group while `uv
+#: run` forwards the same signal, a moment apart).
+_SECOND_SIGNAL_EARLY = """
+import contextlib, os, signal, subprocess, sys
+import pipelines.__main__ as command
+
+@contextlib.contextmanager
+def nothing_provided(advance_every_seconds=None):
+    yield {}
+
+SLEEPERS = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+    "print('ready', flush=True); time.sleep(600)"
+)
+popen = subprocess.Popen
+
+def dagster_dev(args, **kwargs):
+    process = popen([sys.executable, "-c", SLEEPERS], **kwargs)
+    print(process.pid, flush=True)
+    return process
+
+stop_group = command._stop_group
+
+def second_signal_now(process):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return stop_group(process)
+
+command.local_environment = nothing_provided
+command._port_in_use = lambda port: False
+command.subprocess.Popen = dagster_dev
+command._stop_group = second_signal_now
+sys.exit(command.main(["dev"]))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_second_stop_signal_arriving_at_once_still_stops_dagster_dev(tmp_path: Path) -> None:
+    """The second signal may come before the command has begun stopping `dagster dev`'s group
+    (the handlers that kill it were installed only then): it interrupted the command there, which
+    exited leaving the whole group running."""
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SECOND_SIGNAL_EARLY],
+        cwd=Path(__file__).resolve().parents[1],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    leader: int | None = None
+    try:
+        assert process.stdout is not None
+        lines = iter(process.stdout.readline, "")
+        assert next(lines).startswith("Dagster UI on")
+        leader = int(next(lines))
+        assert next(lines).strip() == "ready"
+        deadline = time.monotonic() + 30
+        while len(_session(leader)) < 2:  # the leader and its child
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)  # (not its output: what is left running holds the pipe)
+        left = [" ".join(p.cmdline()[:3]) for p in _session(leader)]
+        assert left == [], f"left running: {left}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _kill_session(leader)
