@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -157,7 +157,7 @@ def sync_days(
     run_id: str | None = None,
     log: Logger | None = None,
     days_ahead: int = 2,
-) -> Iterator[DaySync]:
+) -> Generator[DaySync, None, None]:
     """Sync days in order, each in its own transaction; yields each day once it is committed.
 
     Three stages overlap: the next `days_ahead` days are read from the API (their requests

@@ -1,6 +1,7 @@
 """The `group_call_tasks` asset: one daily partition = one account-local day of tasks."""
 
 import warnings
+from collections.abc import Generator
 from datetime import date, timedelta
 
 from dagster import (
@@ -90,7 +91,7 @@ def group_call_tasks(
     try:
         with laaffic.get_client(logger=context.log) as client, warehouse.connect() as conn:
             # sync_days yields every day it commits, also those in flight when a read fails.
-            for synced in sync_days(
+            syncing = sync_days(
                 client,
                 conn,
                 days,
@@ -98,9 +99,19 @@ def group_call_tasks(
                 run_id=context.run.run_id,
                 log=context.log,
                 days_ahead=laaffic.days_ahead,
-            ):
-                committed.append(synced)
-                context.add_asset_metadata(synced.metadata(), partition_key=synced.partition_key)
+            )
+            try:
+                for synced in syncing:
+                    committed.append(synced)
+                    context.add_asset_metadata(
+                        synced.metadata(), partition_key=synced.partition_key
+                    )
+            except (KeyboardInterrupt, DagsterExecutionInterruptedError) as exc:
+                # Landed here, between two days, rather than in the sync (which then has raised
+                # it already): stop the sync with it, as if it had landed there. The write under
+                # way finishes and its day is yielded; then the interrupt is raised again.
+                committed.extend(_stop(syncing, exc))
+                raise
             columns = table_columns(conn)
             rows = table_row_count(conn)
     except Exception as exc:
@@ -136,6 +147,17 @@ def group_call_tasks(
         partition_key=committed[-1].partition_key,
     )
     return MaterializeResult()
+
+
+def _stop(syncing: Generator[DaySync, None, None], exc: BaseException) -> list[DaySync]:
+    """The days a sync still reports once `exc` is thrown into it (where it last yielded)."""
+    reported: list[DaySync] = []
+    try:
+        reported.append(syncing.throw(exc))
+        reported.extend(syncing)
+    except (StopIteration, KeyboardInterrupt, DagsterExecutionInterruptedError):
+        pass  # (re-raised by the caller)
+    return reported
 
 
 def _record_committed(context: AssetExecutionContext, committed: list[DaySync]) -> str:

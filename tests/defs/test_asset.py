@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import itertools
 import signal
+import sys
 import threading
+import time
 import warnings
 from datetime import date
+from types import FrameType
+from typing import Any
 
 import psycopg
 import pytest
 from dagster import (
+    AssetExecutionContext,
     AssetKey,
     AssetPartitionStatus,
     AssetsDefinition,
@@ -21,6 +26,7 @@ from dagster import (
     materialize,
 )
 from dagster._core.definitions.decorators.op_decorator import DecoratedOpFunction
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from pipelines.defs.assets import DAILY_PARTITIONS, group_call_tasks
 from pipelines.defs.checks import no_new_rejects, row_count_matches_api, task_invariants_hold
@@ -285,6 +291,73 @@ def test_a_terminated_range_run_records_the_days_it_committed(
             day = date.fromisoformat(record.partition_key or "")
             assert _value(metadata, "inserted") == counts[day], day
             assert _value(metadata, "dagster/partition_row_count") == counts[day], day
+
+
+def test_a_run_terminated_between_two_days_records_the_write_then_under_way(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    """The interrupt can land in the asset itself, between two days the sync hands it (recording
+    a day's figures), while the next day's write is under way on the writer thread. That write
+    commits: its day is recorded as materialized too, not left showing as failed."""
+    first, second = WEEK[0], WEEK[1]
+    with psycopg.connect(database_url) as conn:
+        ensure_schema(conn, database_url)
+        # `second`'s write, at its sync-log row, waits for a lock this test holds.
+        conn.execute(
+            f"""
+            CREATE FUNCTION test_wait_second() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.window_date = DATE '{second}' THEN
+                    PERFORM pg_advisory_xact_lock(4245);
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_wait_second BEFORE INSERT ON group_call_sync_log
+                FOR EACH ROW EXECUTE FUNCTION test_wait_second();
+            """
+        )
+    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    interrupted: list[str] = []
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(4245)")
+
+        def interrupt_while_recording_the_first_day(frame: FrameType, event: str, _: Any) -> None:
+            if (
+                event == "call"
+                and frame.f_code is AssetExecutionContext.add_asset_metadata.__code__
+                and not interrupted
+            ):
+                interrupted.append(frame.f_locals["partition_key"])
+                deadline = time.monotonic() + 60
+                while gate.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                    (database,),
+                ).fetchone() != (1,):  # `second`'s write is under way: it will commit
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                gate.execute("SELECT pg_advisory_unlock(4245)")
+                raise DagsterExecutionInterruptedError()  # as Dagster's handler raises it
+
+        with DagsterInstance.ephemeral() as instance:
+            previous = sys.getprofile()
+            sys.setprofile(interrupt_while_recording_the_first_day)
+            try:
+                result = materialize(
+                    [_without_step_retries(group_call_tasks)],
+                    resources=resources(simulator, database_url),
+                    instance=instance,
+                    tags=range_tags(WEEK[0], WEEK[-1]),
+                    raise_on_error=False,
+                )
+            finally:
+                sys.setprofile(previous)
+            assert not result.success
+            assert interrupted == [first.isoformat()]
+            committed = sorted(stored_days(database_url))
+            assert committed == [first, second]
+            materialized = instance.get_materialized_partitions(AssetKey("group_call_tasks"))
+            assert materialized == {day.isoformat() for day in committed}
 
 
 @pytest.mark.parametrize("fault", ["api-refusal", "write-failure"])
