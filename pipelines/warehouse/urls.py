@@ -18,15 +18,16 @@ def with_database(url: str, database: str) -> str:
 _USERINFO = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):(?P<secret>.*)@(?P<tail>[^@]*)", re.S
 )
-#: key=value connection strings: password=...
-_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+#: key=value connection strings, and a URL's query: password=..., sslpassword=... (the client
+#: key's passphrase).
+_KEYWORD = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
 
 
 def redact(url: str) -> str:
     """The URL with its password replaced by ***, fit for logs and error messages (also when the
     password holds characters it should have had percent-encoded)."""
     if match := _USERINFO.fullmatch(url):
-        return f"{match['head']}:***@{match['tail']}"
+        url = f"{match['head']}:***@{match['tail']}"  # (and any in its query, below)
     return _KEYWORD.sub(lambda m: f"{m['head']}***", url)
 
 
@@ -34,11 +35,12 @@ def hide_password(text: str, url: str) -> str:
     """`text` (a driver's error message, say) with any piece of `url`'s password taken out: a
     password with an unescaped @ is split by the driver, which then names a piece of it as the
     host."""
-    match = _USERINFO.fullmatch(url) or _KEYWORD.search(url)
-    if match is None:
-        return text
-    secret = match["secret"].strip("'")
-    for piece in sorted({secret, *re.split(r"[@/#?:]", secret)}, key=len, reverse=True):
+    # (A query's value ends at the next &, which the keyword's match runs past: split there.)
+    secrets = [m["secret"].strip("'") for m in _KEYWORD.finditer(url)]
+    if match := _USERINFO.fullmatch(url):
+        secrets.append(match["secret"])
+    pieces = {piece for secret in secrets for piece in (secret, *re.split(r"[@/#?:&]", secret))}
+    for piece in sorted(pieces, key=len, reverse=True):
         if len(piece) >= 2:
             text = text.replace(piece, "***")
     return text

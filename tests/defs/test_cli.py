@@ -171,3 +171,25 @@ def test_the_simulator_is_not_let_into_a_configured_warehouse(
     assert not (tmp_path / "pgdata").exists()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('group_call_tasks')").fetchone() == (None,)
+
+
+def test_the_refusal_hides_a_secret_in_the_url_query(tmp_path: Path) -> None:
+    """The refusal names WAREHOUSE_URL: a passphrase in its query (`sslpassword`) is hidden too."""
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        WAREHOUSE_URL="postgresql://etl:Hunter2-x9@127.0.0.1:9/wh?sslpassword=Key-Secret9",
+        LAAFFIC_EMBEDDED_PGDATA=str(tmp_path / "pgdata"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", "demo"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, _output(result)
+    assert "postgresql://etl:***@127.0.0.1:9/wh" in result.stderr, _output(result)
+    for secret in ("Hunter2", "Key-Secret9"):
+        assert secret not in result.stdout + result.stderr, _output(result)

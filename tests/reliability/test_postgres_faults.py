@@ -192,3 +192,22 @@ def test_a_malformed_warehouse_url_fails_the_run_at_once_naming_the_setting(
     )
     assert "Hunter2" not in message
     assert simulator.simulator.stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "secret"),
+    [
+        ("sslpassword=Key-Secret9&sslmode=prefer", "Key-Secret9"),
+        ("password=Other-Secret9", "Other-Secret9"),
+    ],
+)
+def test_a_secret_in_the_url_query_is_hidden_too(query: str, secret: str) -> None:
+    """libpq reads secrets from the query as well: `sslpassword` (the client key's passphrase),
+    and `password` beside one in the user info. Only the first of those two places was hidden."""
+    url = f"postgresql://etl:Hunter2-x9@127.0.0.1:{free_port()}/analytics?{query}"
+    with pytest.raises(WarehouseError) as caught, WarehouseResource(url=url).connect():
+        pass
+    text = "".join(traceback.format_exception(caught.value))
+    assert "postgresql://etl:***@127.0.0.1:" in str(caught.value)
+    for piece in ("Hunter2", secret):
+        assert piece not in text
