@@ -180,15 +180,7 @@ def test_the_refusal_hides_a_secret_in_the_url_query(tmp_path: Path) -> None:
         WAREHOUSE_URL="postgresql://etl:Hunter2-x9@127.0.0.1:9/wh?sslpassword=Key-Secret9",
         LAAFFIC_EMBEDDED_PGDATA=str(tmp_path / "pgdata"),
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines", "demo"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(["-m", "pipelines", "demo"], env, timeout=120)
     assert result.returncode == 2, _output(result)
     assert "postgresql://etl:***@127.0.0.1:9/wh" in result.stderr, _output(result)
     for secret in ("Hunter2", "Key-Secret9"):
