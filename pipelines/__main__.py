@@ -236,6 +236,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _tcp_port(value: str) -> int:
+    port = int(value) if value.isdigit() else -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {value!r}")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     run_demo = commands.add_parser("demo", help="sync the last days through Dagster and summarise")
     run_demo.add_argument("--days", type=int, default=7)
     run_dev = commands.add_parser("dev", help="the Dagster UI with schedule and sensors on")
-    run_dev.add_argument("--port", type=int, default=3000)
+    run_dev.add_argument("--port", type=_tcp_port, default=3000)
     commands.add_parser("simulator", help="serve the LAAFFIC API simulator", add_help=False)
     for command in (run_demo, run_dev):
         command.add_argument(

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from pipelines.warehouse.embedded import embedded_postgres_running
-from tests.defs.helpers import clean_env, free_port, make_dagster_home
+from tests.defs.helpers import clean_env, free_port, make_dagster_home, run_python
 from tests.reliability.helpers import Process
 
 
@@ -238,3 +238,11 @@ def test_a_second_stop_signal_arriving_at_once_still_stops_dagster_dev(tmp_path:
             process.kill()
             process.wait()
         _kill_session(leader)
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "http"])
+def test_a_port_that_cannot_be_is_refused_naming_it(port: str) -> None:
+    result = run_python(["-m", "pipelines", "dev", "--port", port], clean_env(), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"a TCP port is 1..65535, got '{port}'" in result.stderr
+    assert "Traceback" not in result.stderr
