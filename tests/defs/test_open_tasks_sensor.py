@@ -4,6 +4,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
+import pytest
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -170,6 +171,8 @@ def test_only_days_from_the_horizon_to_yesterday_are_refreshed(database_url: str
     assert [d for (d,) in open_days] == days  # every one of the four days has open tasks
     with DagsterInstance.ephemeral() as instance:
         result = _evaluate(instance, database_url)
+    if datetime.now(ZoneInfo(SETTINGS.timezone)).date() != today:  # the sensor saw another day
+        pytest.skip("the account's day ended while the test ran; the days it expects moved on")
     assert isinstance(result, SensorResult)
     assert sorted(r.partition_key for r in result.run_requests) == [
         first.isoformat(),
