@@ -245,6 +245,11 @@ def _tcp_port(value: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Started with SIGINT ignored (a background job of a shell without job control: a script's
+    # `cmd &`), Python raises no KeyboardInterrupt, so Ctrl-C stopped nothing, and `dagster dev`
+    # inherited the ignored SIGINT (and maps SIGTERM to it): it could only be SIGKILLed, its
+    # runs with it. Ctrl-C stops this command and what it started, whatever it inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="sync the last days through Dagster and summarise")

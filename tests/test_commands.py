@@ -234,3 +234,32 @@ def test_a_port_that_cannot_be_is_refused_naming_it(port: str) -> None:
     assert result.returncode == 2, result.stderr
     assert f"a TCP port is 1..65535, got '{port}'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_stops_dev_gracefully_when_it_was_started_with_sigint_ignored(
+    tmp_path: Path, pgdata: Path
+) -> None:
+    """A shell without job control (a script's `cmd &`, a CI step run in the background) starts
+    its background commands with SIGINT ignored, and Python then installs no KeyboardInterrupt.
+    The command inherited that and so did `dagster dev`, which maps SIGTERM to whatever SIGINT
+    does: Ctrl-C (SIGINT to the group) did nothing at all, and a SIGTERM stopped `dagster dev`
+    only by SIGKILL after 20 s, its webserver, daemon and any run worker killed mid-work."""
+    port = free_port()
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the child inherits
+    try:
+        process = _dev(tmp_path, pgdata, port)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    dagster_dev: int | None = None
+    try:
+        dagster_dev = _serving(process, port).pid
+        process.signal_group(signal.SIGINT)  # Ctrl-C
+        # Exit 0: `dagster dev` stopped on the interrupt (killed after 20 s, the command would
+        # return its -SIGKILL).
+        assert process.wait(timeout=60) == 0, process.output()[-3000:]
+        assert "Shutting down Dagster services" in process.output(), process.output()[-3000:]
+        _assert_nothing_left(dagster_dev, pgdata)
+    finally:
+        process.stop(signal.SIGINT, grace=30)
+        _kill_session(dagster_dev)
