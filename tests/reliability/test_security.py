@@ -5,6 +5,7 @@ and identifiers quoted; the BI role reads but cannot write; what the project ser
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 import signal
 import socket
@@ -402,6 +403,14 @@ def _tree(pid: int) -> list[int]:
         return []
 
 
+def _processes(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
+
+
 def _answers(url: str) -> bool | None:
     try:
         return True if requests.get(url, timeout=2).ok else None
@@ -451,8 +460,10 @@ def test_the_dev_ui_and_what_it_starts_listen_on_loopback_only(
         [sys.executable, "-m", "pipelines", "dev", "--port", str(port)], env, tmp_path / "dev.log"
     )
     postmaster: int | None = None
+    started: list[psutil.Process] = []
     try:
         _wait("the UI", lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 150, process)
+        started = _processes(_tree(process.pid))
         match = re.search(r"local simulator at http://127\.0\.0\.1:(\d+)", process.output())
         assert match, process.output()
         simulator_port = int(match.group(1))
@@ -473,5 +484,11 @@ def test_the_dev_ui_and_what_it_starts_listen_on_loopback_only(
         assert not embedded_postgres_running(pgdata), "the embedded PostgreSQL was left running"
     finally:
         process.stop(signal.SIGINT, grace=30)
+        # `dagster dev` runs in a session of its own, which stopping the command's group misses
+        # when the command did not stop it (the assertion above failed): kill what is left.
+        for leftover in started:
+            with contextlib.suppress(psutil.Error):
+                if leftover.is_running():
+                    leftover.kill()
         if postmaster is not None and psutil.pid_exists(postmaster):
             psutil.Process(postmaster).send_signal(signal.SIGINT)  # fast shutdown, by its PID
