@@ -224,7 +224,7 @@ def sync_days(
 
     error: BaseException | None = None
     #: A day being only logged (see below), while the sync waits for it.
-    being_logged: tuple[date, WindowResult, float, Future[WriteResult | None]] | None = None
+    being_logged: Future[DaySync | None] | None = None
     try:
         try:
             for _ in range(days_ahead + 1):
@@ -236,9 +236,12 @@ def sync_days(
                 stored_before = day in stored
 
                 def log_if_unchanged(
-                    day: date = day, fetched: WindowResult = fetched, started: datetime = started
-                ) -> WriteResult | None:
-                    return write_unchanged_window(
+                    day: date = day,
+                    fetched: WindowResult = fetched,
+                    started: datetime = started,
+                    clock: float = clock,
+                ) -> DaySync | None:
+                    result = write_unchanged_window(
                         conn,
                         window_date=day,
                         window=fetched.window,
@@ -248,13 +251,18 @@ def sync_days(
                         run_id=run_id,
                         window_digest=fetched.digest,
                     )
+                    if result is None:
+                        return None
+                    return DaySync(
+                        day, fetched.window, fetched.stats, result, time.perf_counter() - clock
+                    )
 
                 # A day whose pages are the very ones its last sync read is only logged. Kept
                 # while waited for: stopped meanwhile, the log may still commit, and is reported.
                 shortcut = None
                 if stored_before:
-                    being_logged = (day, fetched, clock, on_writer(log_if_unchanged))
-                    shortcut = being_logged[-1].result()
+                    being_logged = on_writer(log_if_unchanged)
+                    shortcut = being_logged.result()
                     being_logged = None
                 if shortcut is None and fetched.unchanged:
                     # Its rows changed in the warehouse since (deleted, say): read it in full.
@@ -265,15 +273,7 @@ def sync_days(
                     fetched = again
                 if shortcut is not None:
                     logged: Future[DaySync] = Future()
-                    logged.set_result(
-                        DaySync(
-                            day,
-                            fetched.window,
-                            fetched.stats,
-                            shortcut,
-                            time.perf_counter() - clock,
-                        )
-                    )
+                    logged.set_result(shortcut)
                     writes.append(logged)
                 else:
                     records, payloads, hashes, skipped = _changed_records(
@@ -329,14 +329,15 @@ def sync_days(
             while writes and writes[0].exception() is None:
                 yield (synced := written())
                 progress.add(synced)
-            if being_logged is not None and not writes:  # queued after them: it ran if they did
-                day, fetched, clock, future = being_logged
-                if future.exception() is None and (logged_only := future.result()) is not None:
-                    synced = DaySync(
-                        day, fetched.window, fetched.stats, logged_only, time.perf_counter() - clock
-                    )
-                    yield synced
-                    progress.add(synced)
+            # A day being only logged was queued after those: it ran if they did.
+            if (
+                being_logged is not None
+                and not writes
+                and being_logged.exception() is None
+                and (only_logged := being_logged.result())
+            ):
+                yield only_logged
+                progress.add(only_logged)
             if isinstance(error, Exception) and failures:
                 raise failures[0]
             raise error
