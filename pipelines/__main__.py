@@ -163,9 +163,10 @@ def dev(port: int) -> int:
             command, cwd=PROJECT_ROOT, env={**os.environ, **provided}, start_new_session=True
         )
         # The first Ctrl-C or SIGTERM stops the group (below); one arriving after it kills the
-        # group at once, from the moment the first one is received: the two often come a moment
-        # apart (`timeout` signals the process group while `uv run` forwards the same signal),
-        # before `_stop_group` has begun, and interrupted the command, leaving the group running.
+        # group at once, from the moment the first one is received, for the rest of the command:
+        # the two often come a moment apart (a second Ctrl-C; `timeout` signals the process
+        # group while `uv run` forwards the same signal), and a second one interrupting the
+        # stopping left the group running.
         stopping = False
 
         def on_stop_signal(signum: int, frame: object) -> None:
@@ -204,21 +205,10 @@ def _port_in_use(port: int) -> bool:
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> int:
-    """Interrupt a process group as Ctrl-C would; kill what is left after 20 s.
-
-    From here on a further Ctrl-C or SIGTERM (a second Ctrl-C, a service manager or `timeout`
-    signalling again, `uv run` forwarding the one it got too) kills the group at once instead
-    of interrupting this: raised as an exception, it left `dagster dev` and everything it started
-    running while the simulator and the embedded PostgreSQL they use were stopped. The handlers
-    stay for the rest of the command, which is exiting, so stopping those is not cut short
-    either."""
-
-    def kill_now(signum: int, frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-    signal.signal(signal.SIGINT, kill_now)
-    signal.signal(signal.SIGTERM, kill_now)
+    """Interrupt a process group as Ctrl-C would; kill what is left after 20 s. A further Ctrl-C
+    or SIGTERM meanwhile kills the group at once (`dev`'s handler, which stays for the rest of
+    the command, so stopping the simulator and the embedded PostgreSQL is not cut short either):
+    raised as an exception, it left `dagster dev` and everything it started running."""
     with contextlib.suppress(ProcessLookupError):  # (killed already by a further signal)
         os.killpg(process.pid, signal.SIGINT)
     try:
