@@ -18,6 +18,7 @@ from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.sync import sync_day, sync_days
 from pipelines.warehouse.writer import connect, ensure_schema
 from tests.laaffic.helpers import repeat_some_rows
+from tests.warehouse.helpers import on_sync_log_insert
 
 DAY = date(2024, 6, 4)
 TZ = "Asia/Shanghai"
@@ -224,21 +225,12 @@ def test_a_failed_write_stops_the_writes_queued_behind_it(
     # `failing`'s write, once it reaches its sync-log row, waits for a lock this test holds,
     # then raises. The lock is let go only once `queued`'s log or write has been handed to the
     # writer thread behind it: the order the reviewer's repro met by chance, every time.
-    conn.execute(
-        f"""
-        CREATE FUNCTION test_fail_one_day() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.window_date = DATE '{failing}' THEN
-                PERFORM pg_advisory_xact_lock(4242);
-                RAISE EXCEPTION 'injected failure of %', NEW.window_date;
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER test_fail_one_day BEFORE INSERT ON group_call_sync_log
-            FOR EACH ROW EXECUTE FUNCTION test_fail_one_day();
-        """
+    on_sync_log_insert(
+        conn,
+        f"NEW.window_date = DATE '{failing}'",
+        "PERFORM pg_advisory_xact_lock(4242); "
+        "RAISE EXCEPTION 'injected failure of %', NEW.window_date;",
     )
-    conn.commit()
     yielded: list[date] = []
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(4242)")
@@ -274,20 +266,9 @@ def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
     yielded, the one queued behind it is not written, and the interrupt is raised again."""
     first, queued = DAY, DAY + timedelta(days=1)
     # `first`'s write, at its sync-log row, waits for a lock this test holds.
-    conn.execute(
-        f"""
-        CREATE FUNCTION test_wait_one_day() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.window_date = DATE '{first}' THEN
-                PERFORM pg_advisory_xact_lock(4243);
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER test_wait_one_day BEFORE INSERT ON group_call_sync_log
-            FOR EACH ROW EXECUTE FUNCTION test_wait_one_day();
-        """
+    on_sync_log_insert(
+        conn, f"NEW.window_date = DATE '{first}'", "PERFORM pg_advisory_xact_lock(4243);"
     )
-    conn.commit()
     main_thread = threading.get_ident()
     yielded: list[date] = []
     with psycopg.connect(database_url, autocommit=True) as gate:
@@ -346,20 +327,7 @@ def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
     yielded before the interrupt is raised again (Dagster then records it as materialized)."""
     sync_day(client, conn, DAY, time_zone=TZ, run_id="first")
     # The shortcut's sync-log row, for this run only, waits for a lock this test holds.
-    conn.execute(
-        """
-        CREATE FUNCTION test_wait_shortcut() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.run_id = 'stopped' THEN
-                PERFORM pg_advisory_xact_lock(4244);
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER test_wait_shortcut BEFORE INSERT ON group_call_sync_log
-            FOR EACH ROW EXECUTE FUNCTION test_wait_shortcut();
-        """
-    )
-    conn.commit()
+    on_sync_log_insert(conn, "NEW.run_id = 'stopped'", "PERFORM pg_advisory_xact_lock(4244);")
     database = conn.info.dbname
     yielded: list[date] = []
     with psycopg.connect(database_url, autocommit=True) as gate:

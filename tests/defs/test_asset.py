@@ -43,6 +43,7 @@ from tests.defs.helpers import (
     stored_days,
     stored_tasks,
 )
+from tests.warehouse.helpers import on_sync_log_insert
 
 CHECKS = [row_count_matches_api, no_new_rejects, task_invariants_hold]
 DAY = date(2024, 6, 4)
@@ -303,18 +304,8 @@ def test_a_run_terminated_between_two_days_records_the_write_then_under_way(
     with psycopg.connect(database_url) as conn:
         ensure_schema(conn, database_url)
         # `second`'s write, at its sync-log row, waits for a lock this test holds.
-        conn.execute(
-            f"""
-            CREATE FUNCTION test_wait_second() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.window_date = DATE '{second}' THEN
-                    PERFORM pg_advisory_xact_lock(4245);
-                END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_wait_second BEFORE INSERT ON group_call_sync_log
-                FOR EACH ROW EXECUTE FUNCTION test_wait_second();
-            """
+        on_sync_log_insert(
+            conn, f"NEW.window_date = DATE '{second}'", "PERFORM pg_advisory_xact_lock(4245);"
         )
     database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
     interrupted: list[str] = []
@@ -376,18 +367,8 @@ def test_a_failed_range_run_keeps_the_committed_days_materialized_with_their_fig
         # The fourth day's write raises in the database (its step would be retried; not here).
         with psycopg.connect(database_url) as conn:
             ensure_schema(conn, database_url)
-            conn.execute(
-                f"""
-                CREATE FUNCTION test_fail_one_day() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF NEW.window_date = DATE '{WEEK[3]}' THEN
-                        RAISE EXCEPTION 'injected failure';
-                    END IF;
-                    RETURN NEW;
-                END $$;
-                CREATE TRIGGER test_fail_one_day BEFORE INSERT ON group_call_sync_log
-                    FOR EACH ROW EXECUTE FUNCTION test_fail_one_day();
-                """
+            on_sync_log_insert(
+                conn, f"NEW.window_date = DATE '{WEEK[3]}'", "RAISE EXCEPTION 'injected failure';"
             )
         cause = "RaiseException: injected failure"
         # Such a failure is retried by the asset's RetryPolicy, 30 s and more later: run the

@@ -64,3 +64,23 @@ def write(
         run_id=run_id,
         first_load=first_load,
     )
+
+
+def on_sync_log_insert(conn: psycopg.Connection, condition: str, action: str) -> None:
+    """Make each insert into `group_call_sync_log` whose row meets `condition` (SQL on NEW) run
+    `action` (PL/pgSQL) first: a window's write held (a lock the test holds) or failed at its
+    last statement, inside its transaction."""
+    conn.execute(
+        f"""
+        CREATE FUNCTION test_on_sync_log() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF {condition} THEN
+                {action}
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_on_sync_log BEFORE INSERT ON group_call_sync_log
+            FOR EACH ROW EXECUTE FUNCTION test_on_sync_log();
+        """.encode()
+    )
+    conn.commit()
