@@ -1,6 +1,7 @@
-"""Checks on `group_call_tasks`: each looks at the windows the run just synced (or, run on its
-own, the latest sync of every day). The data checks are ERROR: each failure is a real data
-problem. `open_tasks_within_horizon` warns: the data is right, only no longer followed."""
+"""Checks on `group_call_tasks`: the first three look at the windows the run just synced (or, run
+on its own, the latest sync of every day); `open_tasks_within_horizon` at every stored task. Those
+three are ERROR: each failure is a real data problem. `open_tasks_within_horizon` warns: the data
+is right, only no longer followed."""
 
 import warnings
 from collections.abc import Sequence
