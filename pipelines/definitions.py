@@ -19,7 +19,8 @@ defs = Definitions(
     jobs=[DAILY_SYNC_JOB],
     schedules=[DAILY_SYNC_SCHEDULE],
     sensors=[open_tasks_sensor, FRESHNESS_SENSOR],
-    # One asset and three light checks: a single process beats a process per step.
+    # One asset and its light checks (four data checks, the freshness check): a single process
+    # beats a process per step.
     executor=in_process_executor,
     resources={
         "laaffic": LaafficApiResource(
