@@ -213,6 +213,30 @@ def _writer_submissions(then: Callable[[int], None]) -> Callable[[FrameType, str
     return profile
 
 
+def _when_waiting_after_writer_tasks(
+    count: int, then: Callable[[], None]
+) -> tuple[Callable[[FrameType, str, Any], None], list[bool]]:
+    """A profile function for this thread calling `then()` once, when the thread starts waiting
+    on a future (`Future.result`) after its `count`-th task was handed to a `laaffic-writer`
+    pool; and a list that holds True once it has."""
+    submitted, fired = 0, []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal submitted
+        if event == "return" and frame.f_code is ThreadPoolExecutor.submit.__code__:
+            submitted += frame.f_locals["self"]._thread_name_prefix == "laaffic-writer"
+        elif (
+            event == "call"
+            and frame.f_code is Future.result.__code__
+            and submitted == count
+            and not fired
+        ):
+            fired.append(True)
+            then()
+
+    return profile, fired
+
+
 @pytest.mark.parametrize("queued_is_stored", [True, False], ids=["queued-log", "queued-write"])
 def test_a_failed_write_stops_the_writes_queued_behind_it(
     client: LaafficClient, conn: psycopg.Connection, database_url: str, queued_is_stored: bool
@@ -273,15 +297,13 @@ def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
     yielded: list[date] = []
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(4243)")
-        queued_writes = 0
 
-        def interrupt_the_wait_for_the_first_write(frame: FrameType, event: str, _: Any) -> None:
-            nonlocal queued_writes
-            if event == "return" and frame.f_code is ThreadPoolExecutor.submit.__code__:
-                queued_writes += frame.f_locals["self"]._thread_name_prefix == "laaffic-writer"
-            elif event == "call" and frame.f_code is Future.result.__code__ and queued_writes == 2:
-                # Both days' writes are queued and `first`'s is under way: as Ctrl-C would.
-                raise KeyboardInterrupt
+        def interrupt() -> None:  # both days' writes are queued, `first`'s under way: Ctrl-C
+            raise KeyboardInterrupt
+
+        interrupt_the_wait_for_the_first_write, fired = _when_waiting_after_writer_tasks(
+            2, interrupt
+        )
 
         def release_once_the_sync_waits_for_the_write() -> None:
             """Let `first`'s write end once the stopped sync waits for it (`Future.exception`),
@@ -308,7 +330,7 @@ def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
         finally:
             sys.setprofile(previous)
             releaser.join()
-    assert queued_writes == 2
+    assert fired
     assert yielded == [first]
     stored = conn.execute("SELECT DISTINCT created_date FROM group_call_tasks").fetchall()
     assert [d for (d,) in stored] == [first]
@@ -332,26 +354,24 @@ def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
     yielded: list[date] = []
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(4244)")
-        queued = 0
 
-        def interrupt_the_wait_for_the_shortcut(frame: FrameType, event: str, _: Any) -> None:
-            nonlocal queued
-            if event == "return" and frame.f_code is ThreadPoolExecutor.submit.__code__:
-                queued += frame.f_locals["self"]._thread_name_prefix == "laaffic-writer"
-            elif event == "call" and frame.f_code is Future.result.__code__ and queued == 1:
-                queued += 1  # once
-                # The shortcut is under way on the writer thread (waiting at its log row):
-                # it will commit. Let it, and stop the sync as Ctrl-C would.
-                deadline = time.monotonic() + 60
-                while gate.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                    (database,),
-                ).fetchone() != (1,):
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
-                gate.execute("SELECT pg_advisory_unlock(4244)")
-                raise KeyboardInterrupt
+        def release_and_interrupt() -> None:
+            # The shortcut is under way on the writer thread (waiting at its log row): it will
+            # commit. Let it, and stop the sync as Ctrl-C would.
+            deadline = time.monotonic() + 60
+            while gate.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                (database,),
+            ).fetchone() != (1,):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            gate.execute("SELECT pg_advisory_unlock(4244)")
+            raise KeyboardInterrupt
+
+        interrupt_the_wait_for_the_shortcut, fired = _when_waiting_after_writer_tasks(
+            1, release_and_interrupt
+        )
 
         previous = sys.getprofile()
         sys.setprofile(interrupt_the_wait_for_the_shortcut)
@@ -361,7 +381,7 @@ def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
                     yielded.append(synced.day)
         finally:
             sys.setprofile(previous)
-    assert queued == 2
+    assert fired
     logged = conn.execute(
         "SELECT unchanged FROM group_call_sync_log WHERE run_id = 'stopped'"
     ).fetchall()
