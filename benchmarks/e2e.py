@@ -95,14 +95,18 @@ FEE_FIELDS = (
 class Totals:
     rows: int
     distinct: int
-    fees: dict[str, Decimal | None]  # currency -> sum of taskSumPayFee amounts
     #: (fee column, currency) -> sum of its amounts, for every fee string (FEE_FIELDS)
-    fee_sums: dict[tuple[str, str], Decimal | None] = field(default_factory=dict)
-    id_sum: int = 0  # sum of the task ids: the right rows, not only the right number of them
+    fee_sums: dict[tuple[str, str], Decimal | None]
+    id_sum: int  # sum of the task ids: the right rows, not only the right number of them
+
+    def sums_of(self, column: str) -> dict[str, Decimal | None]:
+        """Currency -> sum of one fee column's amounts."""
+        return {c: v for (k, c), v in sorted(self.fee_sums.items()) if k == column}
 
     @property
-    def total_fee(self) -> Decimal:
-        return sum((v for v in self.fees.values() if v is not None), Decimal(0))
+    def fees(self) -> dict[str, Decimal | None]:
+        """Currency -> sum of taskSumPayFee amounts."""
+        return self.sums_of("task_sum_pay_fee")
 
 
 def expected_totals(config: SimulatorConfig, days: list[date]) -> Totals:
@@ -121,11 +125,7 @@ def expected_totals(config: SimulatorConfig, days: list[date]) -> Totals:
             ids.add(task.task_id)
             id_sum += task.task_id
             rows += 1
-    return Totals(rows, len(ids), _task_sum_fees(sums), sums, id_sum)
-
-
-def _task_sum_fees(sums: dict[tuple[str, str], Decimal | None]) -> dict[str, Decimal | None]:
-    return {c: v for (column, c), v in sorted(sums.items()) if column == "task_sum_pay_fee"}
+    return Totals(rows, len(ids), sums, id_sum)
 
 
 def measured_totals(url: str, contender: str) -> Totals:
@@ -137,7 +137,7 @@ def measured_totals(url: str, contender: str) -> Totals:
     with psycopg.connect(url, autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
         if not found or found[0] is None:
-            return Totals(0, 0, {}, {}, 0)
+            return Totals(0, 0, {}, 0)
         rows, distinct, id_sum = conn.execute(
             f"SELECT count(*), count(DISTINCT task_id), coalesce(sum(task_id), 0) FROM {table}"
         ).fetchone() or (0, 0, 0)
@@ -150,7 +150,7 @@ def measured_totals(url: str, contender: str) -> Totals:
                 # A NULL amount among others would vanish from the sum: it makes the sum None.
                 value = Decimal(total) if total is not None and amounts == count else None
                 sums[(column, "NULL" if currency is None else str(currency).strip())] = value
-    return Totals(int(rows), int(distinct), _task_sum_fees(sums), sums, int(id_sum))
+    return Totals(int(rows), int(distinct), sums, int(id_sum))
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -524,8 +524,7 @@ def check(expected: Totals, got: Totals) -> tuple[bool, str]:
     if got.id_sum != expected.id_sum:
         problems.append(f"task ids differ (sum {got.id_sum} != {expected.id_sum})")
     for column in dict.fromkeys(column for _, column in FEE_FIELDS):
-        mine = {c: v for (k, c), v in got.fee_sums.items() if k == column}
-        theirs = {c: v for (k, c), v in expected.fee_sums.items() if k == column}
+        mine, theirs = got.sums_of(column), expected.sums_of(column)
         if mine != theirs:
             problems.append(f"fees {column} {mine} != {theirs}")
     return not problems, "; ".join(problems) or (
