@@ -5,7 +5,8 @@ body as the contract does (-22 otherwise), filters on the inclusive creation win
 and search text, and lists newest first. Data is deterministic for a seed: each account-local day's
 tasks are generated the first time the day is asked for. Admin endpoints under `/_sim/` (and the
 methods behind them) advance in-progress tasks, inject faults and report request counts;
-`TaskStore.add_raw` serves a crafted record as it is (tests of bad input).
+`TaskStore.add_raw` serves a crafted record as it is (tests of bad input), `add_live_task` and
+`delete` create and remove tasks (drift while a client pages).
 
 CLI: `python -m pipelines.laaffic.simulator --port 8765` (or `python -m pipelines simulator`).
 """
@@ -256,6 +257,14 @@ class TaskStore:
             keys.insert(at, task.sort_key)
             self._days[day].insert(at, task)
             return task
+
+    def delete(self, day: date, task_id: int) -> None:
+        """Stop listing task `task_id` of `day` (deleted upstream, e.g. while a client pages)."""
+        with self._lock:
+            tasks = self.day(day)
+            at = next(n for n, task in enumerate(tasks) if task.task_id == task_id)
+            del tasks[at]
+            del self._keys[day][at]
 
     def add_raw(self, day: date, record: dict[str, Any]) -> None:
         """Serve `record` exactly as given in the windows that contain `day` at 12:00:00, newest

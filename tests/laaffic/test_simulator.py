@@ -284,6 +284,15 @@ def test_live_tasks_appear_newest_first_in_the_queried_window(serve: Serve) -> N
     assert second["records"][0]["taskId"] > second["records"][1]["taskId"]
 
 
+def test_a_deleted_task_is_no_longer_listed(serve: Serve) -> None:
+    server = serve(SimulatorConfig(day_counts={DAY: 10}))
+    before = raw_query(server, body())["data"]["records"]
+    server.simulator.store.delete(DAY, before[3]["taskId"])
+    after = raw_query(server, body())["data"]
+    assert after["total"] == 9
+    assert after["records"] == before[:3] + before[4:]
+
+
 # -- admin endpoints and binding -------------------------------------------------------------
 
 
