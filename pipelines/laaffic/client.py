@@ -545,9 +545,15 @@ class LaafficClient:
                 if task_id not in by_id:
                     new += 1
                 by_id[task_id] = record  # a later read is the fresher one
+                pass_ids.add(task_id)
             return len(page.records), new
 
         pass_totals: list[int] = []  # `total` of each page of the current pass, as read
+        # The distinct tasks the current pass read. A pass is complete when they account for
+        # every `total` it saw; tasks earlier passes read do not count: some may have been
+        # deleted since, and a deletion above a task moves it onto a page read already, so
+        # counting them could make up for a task no pass has read.
+        pass_ids: set[int] = set()
         short_page: tuple[int, int, int] | None = None  # (page, records, total) ending early
         sequential = self.max_concurrency == 1  # re-read passes always are (see below)
         (first,) = self._read_pages(window, range(1, 2), filters, stats, True, bodies)
@@ -567,7 +573,7 @@ class LaafficClient:
                             short_page = (number, len(page.records), page.total)
                             break
                 read_upto = wanted[-1]
-            found = len(by_id) + len(unkeyed)
+            found = len(pass_ids) + len(unkeyed)
             if found >= max(pass_totals):
                 break
             if (
@@ -589,8 +595,8 @@ class LaafficClient:
                 )
                 raise LaafficIncompleteWindowError(
                     f"window {window}: the API reports {latest_total} tasks but {passes} full "
-                    f"passes found only {found} distinct ones{ended}; refusing to store a "
-                    "partial window"
+                    f"passes each fell short, the last found only {found} distinct "
+                    f"ones{ended}; refusing to store a partial window"
                 )
             # Short: tasks moved while we paged (or the API repeats rows). Read it all again.
             self.log.info(
@@ -606,6 +612,7 @@ class LaafficClient:
             pages_now = range(1, max(1, math.ceil(latest_total / self.page_size)) + 1)
             unkeyed.clear()
             pass_totals.clear()
+            pass_ids.clear()
             bodies.clear()  # (a pass that re-reads asks again)
             # In page order: concurrent reads while tasks are created can skip rows between pages.
             sequential = True

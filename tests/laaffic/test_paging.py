@@ -189,6 +189,45 @@ def test_a_task_read_again_by_a_later_pass_is_kept_as_last_read(
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_task_skipped_by_two_passes_is_not_made_up_for_by_deleted_ones(
+    serve: Serve, concurrency: int
+) -> None:
+    """Tasks deleted and created while the window is paged: each pass skips the same task (a
+    deletion above it moves it onto a page read already), yet the tasks read before they were
+    deleted, added to the one created meanwhile, make as many distinct ids as the latest
+    `total`. Counting across passes took that for a complete window and lost the task; a pass
+    must itself account for the `total` it saw, so a third, quiet pass finds it."""
+    server = serve(SimulatorConfig(day_counts={DAY: 300}))
+    sim, store = server.simulator, server.simulator.store
+    newest_first = [t.task_id for t in store.window(f"{DAY} 00:00:00", f"{DAY} 23:59:59")]
+    skipped = newest_first[100]  # the first task of page 2, until a task above it goes
+    query = sim.query
+    lock = threading.Lock()
+    calls = 0
+
+    def drifting(q: dict[str, Any]) -> bytes:
+        nonlocal calls
+        with lock:
+            calls += 1
+            if calls == 4:  # the second pass's page 1 comes after a new task: skipped is on page 2
+                store.add_live_task(f"{DAY} 23:59:59")
+            answer = query(q)
+            if calls in (1, 4):  # once page 1 is read, a task on it is deleted
+                store.delete(DAY, newest_first[49 if calls == 1 else 19])
+            return answer
+
+    sim.query = drifting  # type: ignore[method-assign]
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    got = _ids(result.records)
+    assert len(got) == len(set(got))
+    assert skipped in got
+    assert set(_ids(store.all_tasks([DAY]))) <= set(got)
+    assert result.stats.passes == 3
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_tasks_a_page_boundary_skips_are_found_not_taken_for_repeats(
     serve: Serve, concurrency: int, caplog: pytest.LogCaptureFixture
 ) -> None:
