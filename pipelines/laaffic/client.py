@@ -249,6 +249,18 @@ class LaafficClient:
             raise LaafficTransportError(
                 f"connection to {self.base_url} failed or was dropped ({type(exc).__name__})"
             ) from None
+        # requests reads the body inside `send`: a connection dropped halfway through it is no
+        # ConnectionError, and a body its Content-Encoding does not describe is as broken.
+        except requests.exceptions.ChunkedEncodingError as exc:
+            raise LaafficTransportError(
+                f"the connection to {self.base_url} broke off while the answer was read "
+                f"({type(exc).__name__})"
+            ) from None
+        except requests.exceptions.ContentDecodingError as exc:
+            raise LaafficTransportError(
+                f"the answer from {self.base_url} could not be decoded as its Content-Encoding "
+                f"says ({type(exc).__name__})"
+            ) from None
         if response.status_code == 429 or response.status_code >= 500:
             raise LaafficTransportError(f"HTTP {response.status_code} from {self.base_url}")
         if response.status_code != 200:

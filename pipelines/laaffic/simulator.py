@@ -327,7 +327,9 @@ class Simulator:
     # -- control -------------------------------------------------------------------------------
     def script(self, *outcomes: str) -> None:
         """Force the next responses: an API code ('-18'), 'http:502', 'drop', 'slow', 'nonjson',
-        'nodata', 'ok' or 'ok-string-code' (a normal answer with `"code":"0"`, as documented)."""
+        'nodata', 'cut' (the connection dropped halfway through a normal answer), 'undecodable'
+        (a normal answer labelled gzip, which it is not), 'ok' or 'ok-string-code' (a normal
+        answer with `"code":"0"`, as documented)."""
         with self._lock:
             self._scripted.extend(outcomes)
 
@@ -481,10 +483,18 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # silence per-request logging
         pass
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        encoding: str | None = None,
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -549,7 +559,27 @@ class _Handler(BaseHTTPRequestHandler):
         answer = sim.query(query)
         if outcome == "ok-string-code":
             answer = answer.replace(b'{"code":0,', b'{"code":"0",', 1)
+        if outcome == "cut":
+            self._cut(answer)
+            return
+        if outcome == "undecodable":
+            self._send(200, answer, "application/json", encoding="gzip")
+            return
         self._send(200, answer)
+
+    def _cut(self, body: bytes) -> None:
+        """Announce the whole answer, send half of it, and drop the connection."""
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client gave up first: nothing to cut
 
     def _admin(self, sim: Simulator, raw: bytes) -> None:
         args = json.loads(raw or b"{}")

@@ -38,6 +38,8 @@ TRANSIENT: dict[str, tuple[type[LaafficError], str]] = {
     "http:429": (LaafficTransportError, "HTTP 429"),
     "slow": (LaafficTransportError, f"no answer within {CLIENT_TIMEOUT}s"),
     "drop": (LaafficTransportError, "failed or was dropped"),
+    "cut": (LaafficTransportError, "broke off while the answer was read"),
+    "undecodable": (LaafficTransportError, "could not be decoded"),
     "nonjson": (LaafficTransportError, "not the documented JSON"),
     "nodata": (LaafficTransportError, "no `data` page"),
 }
@@ -232,7 +234,7 @@ def test_transient_failures_give_up_after_max_attempts(serve: Serve, outcome: st
 
 def test_a_mix_of_transient_failures_is_retried_to_success(serve: Serve) -> None:
     server = serve(SimulatorConfig(slow_seconds=SLOW))
-    mix = ["-18", "http:502", "http:429", "drop", "nonjson", "nodata", "slow"]
+    mix = ["-18", "http:502", "http:429", "drop", "cut", "undecodable", "nonjson", "nodata", "slow"]
     server.simulator.script(*mix)
     client = make_client(server, max_attempts=len(mix) + 1, timeout_seconds=CLIENT_TIMEOUT)
     result = client.fetch_window(day_window())
