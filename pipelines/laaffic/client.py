@@ -461,14 +461,15 @@ class LaafficClient:
         records: list[dict[str, Any]] = []
         digest = hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode())
         bodies: dict[int, bytes] = {}  # read already, by page number (one piece only)
+        in_order = True  # ... and each after the page before it
         if expected_digest is not None and len(pieces) == 1:
             read = self._read_same(pieces[0], filters, stats, digest.copy(), expected_digest)
             if read is None:
                 return WindowResult(window, [], stats, expected_digest, unchanged=True)
-            bodies = read
+            bodies, in_order = read
         for piece in pieces:
             digest.update(str(piece).encode())
-            records.extend(self._fetch_piece(piece, filters, stats, digest, bodies))
+            records.extend(self._fetch_piece(piece, filters, stats, digest, bodies, in_order))
         return WindowResult(window=window, records=records, stats=stats, digest=digest.digest())
 
     def _read_same(
@@ -478,23 +479,45 @@ class LaafficClient:
         stats: FetchStats,
         digest: hashlib._Hash,
         expected: bytes,
-    ) -> dict[int, bytes] | None:
+    ) -> tuple[dict[int, bytes], bool] | None:
         """Read the window's pages 1..ceil(total / page size) without parsing them (page 1 and
         the last only for their `total` and count). Return None if they are exactly the pages
         whose digest is `expected`, a single complete pass. Otherwise return the bodies read,
-        by page number, which `_fetch_piece` parses instead of requesting them again.
+        by page number, which `_fetch_piece` parses instead of requesting them again, and
+        whether each was read after the page before it.
 
         Equal digests mean byte-identical bodies in the same order; the earlier read found
         these bodies complete in one pass, and the last page's `total` and count confirm it,
-        so parsing them again would give the very records that read stored."""
+        so parsing them again would give the very records that read stored.
+
+        The last page is read right after page 1: a listing that ends before its `total` (10**13,
+        say) is handed to the full read, which stops at the first page that ends early, before
+        the pages between are asked for; otherwise every page up to that `total` was read."""
         first = self._request(window, 1, filters)
         bodies = {1: self._executor().submit(self._query_body, first, stats).result()}
         try:
             page_one = self._parse(bodies[1].content, _reading(first))
         except LaafficError:
-            return {1: bodies[1].content}  # (the full read raises it, or asks again if transient)
+            # (the full read raises it, or asks again if transient)
+            return {1: bodies[1].content}, True
         count = max(1, math.ceil(page_one.total / self.page_size))
-        numbers = range(2, count + 1)
+        in_order = count <= 2  # pages 1, `count`, then those between
+        last = page_one
+        if count > 1:
+            bodies[count] = (
+                self._executor().submit(self._query_body, first.page(count), stats).result()
+            )
+            try:
+                last = self._parse(bodies[count].content, _reading(first.page(count)))
+            except LaafficError as exc:
+                if not exc.retryable:
+                    raise  # -1, -2, -22, an unknown code: stop, as on a first read
+                return {n: body.content for n, body in bodies.items()}, in_order
+        if last.total != page_one.total or (
+            len(last.records) != page_one.total - (count - 1) * self.page_size
+        ):
+            return {n: body.content for n, body in bodies.items()}, in_order
+        numbers = range(2, count)
         for number, body in zip(
             numbers,
             self._in_order(
@@ -508,17 +531,8 @@ class LaafficClient:
         digest.update(str(window).encode())
         for number in range(1, count + 1):
             digest.update(bodies[number].sha256)
-        raw = {number: body.content for number, body in bodies.items()}
         if digest.digest() != expected:
-            return raw
-        try:
-            last = page_one if count == 1 else self._parse(raw[count], _reading(first.page(count)))
-        except LaafficError:
-            return raw
-        if last.total != page_one.total or (
-            len(last.records) != page_one.total - (count - 1) * self.page_size
-        ):
-            return raw
+            return {number: body.content for number, body in bodies.items()}, in_order
         stats.api_total += page_one.total
         stats.pages += count
         stats.passes = max(stats.passes, 1)
@@ -531,9 +545,11 @@ class LaafficClient:
         stats: FetchStats,
         digest: hashlib._Hash,
         bodies: dict[int, bytes],
+        in_order: bool = True,
     ) -> list[dict[str, Any]]:
         """Read one API-sized window completely (see the module docstring); the first pass
-        parses `bodies` (page number -> body already read) rather than requesting them."""
+        parses `bodies` (page number -> body already read, each after the page before it if
+        `in_order`) rather than requesting them."""
         by_id: dict[Any, dict[str, Any]] = {}
         unkeyed: list[dict[str, Any]] = []
         latest_total = 0
@@ -567,7 +583,8 @@ class LaafficClient:
         # counting them could make up for a task no pass has read.
         pass_ids: set[int] = set()
         short_page: tuple[int, int, int] | None = None  # (page, records, total) ending early
-        sequential = self.max_concurrency == 1  # re-read passes always are (see below)
+        # Pages read one at a time, in page order (re-read passes always are, see below).
+        sequential = self.max_concurrency == 1 and in_order
         (first,) = self._read_pages(window, range(1, 2), filters, stats, True, bodies)
         absorb(first)
         read_upto = 1

@@ -3,11 +3,15 @@ are not parsed, and anything else is read exactly as a first read would, without
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from pipelines.laaffic.errors import (
     LaafficApiError,
     LaafficAuthError,
+    LaafficIncompleteWindowError,
     LaafficIpRestrictedError,
     LaafficParameterError,
     LaafficUnknownCodeError,
@@ -62,6 +66,41 @@ def test_changed_pages_are_parsed_from_what_was_read_not_requested_again(
     assert (again.stats.pages, again.stats.requests) == (13, 13)
     assert server.simulator.stats.requests == 13
     assert again.digest == client.fetch_window(day_window()).digest != first.digest
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_total_the_listing_never_reaches_is_refused_as_soon_as_on_a_first_read(
+    serve: Serve, concurrency: int
+) -> None:
+    """A stored day whose pages now claim 100,000 tasks while listing 250. A first read stops
+    at the first page that ends early and refuses the window after a few requests; a re-read
+    against the day's digest asked for all 1,000 pages the `total` implies, unparsed, before
+    finding that out (with 10**13, a page storm without end, every body kept)."""
+    server = serve(SimulatorConfig(day_counts={DAY: 250}))
+    sim = server.simulator
+    client = make_client(server, max_concurrency=concurrency)
+    stored = client.fetch_window(day_window())
+    honest = sim.query
+
+    def inflated(q: dict[str, Any]) -> bytes:
+        answer = json.loads(honest(q))
+        answer["data"]["total"] = 100_000
+        return json.dumps(answer).encode()
+
+    sim.query = inflated  # type: ignore[method-assign]
+    sim.reset_stats()
+    with pytest.raises(LaafficIncompleteWindowError):
+        client.fetch_window(day_window())
+    first_read = sim.stats.requests
+    sim.reset_stats()
+
+    with pytest.raises(LaafficIncompleteWindowError) as caught:
+        client.fetch_window(day_window(), expected_digest=stored.digest)
+
+    # At most the last page the `total` implies more, and the few pages a concurrent read may
+    # have asked for before it saw one end early.
+    assert sim.stats.requests <= first_read + 1 + 2 * concurrency
+    assert "reports 100000 tasks" in str(caught.value)
 
 
 def test_a_digest_that_is_not_the_windows_gives_a_full_read(serve: Serve) -> None:
@@ -145,9 +184,10 @@ def test_a_window_of_several_pieces_is_always_read_in_full(serve: Serve) -> None
         ("-99", LaafficUnknownCodeError),
     ],
 )
-@pytest.mark.parametrize("page", [1, 2])
+# A re-read asks for page 1, then the last page (3), then those between (2).
+@pytest.mark.parametrize(("answer", "page"), [(1, 1), (2, 3), (3, 2)])
 def test_a_fatal_code_while_re_reading_stops_as_on_a_first_read(
-    serve: Serve, code: str, error: type[LaafficApiError], page: int
+    serve: Serve, code: str, error: type[LaafficApiError], answer: int, page: int
 ) -> None:
     """The contract says stop on -1, -2 and -22 (and the client does not know an undocumented
     code): a re-sync must not ask again, as if it were transient, and carry on."""
@@ -155,7 +195,7 @@ def test_a_fatal_code_while_re_reading_stops_as_on_a_first_read(
     client = make_client(server, max_concurrency=1, max_attempts=5)
     first = client.fetch_window(day_window())
     server.simulator.reset_stats()
-    server.simulator.script(*["ok"] * (page - 1), code)
+    server.simulator.script(*["ok"] * (answer - 1), code)
 
     with pytest.raises(error) as caught:
         client.fetch_window(day_window(), expected_digest=first.digest)
@@ -165,6 +205,7 @@ def test_a_fatal_code_while_re_reading_stops_as_on_a_first_read(
         caught.value
     )
     assert server.simulator.stats.outcomes[code] == 1
-    # Nothing is asked after the refusal: with page 2 refused, page 3 may have been asked
-    # already (the pages of a re-read are requested before any is parsed), never page 2 again.
-    assert server.simulator.stats.requests == (1 if page == 1 else 3)
+    # Nothing is asked after the refusal (the pages between are requested before any is
+    # parsed, so page 2's refusal comes to light once all three are read), least of all the
+    # refused page again.
+    assert server.simulator.stats.requests == answer
