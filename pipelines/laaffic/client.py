@@ -790,7 +790,10 @@ def _task_key(record: dict[str, Any]) -> int | None:
     if isinstance(task_id, int):
         return task_id
     if isinstance(task_id, str) and _TASK_ID_TEXT.fullmatch(text := task_id.strip()):
-        return int(text)
+        digits = text.lstrip("+-").lstrip("0") or "0"
+        if len(digits) > 19:  # beyond 64 bits, and int() refuses text of more than 4,300 digits
+            return None  # the normaliser rejects it whole
+        return -int(digits) if text.startswith("-") else int(digits)
     return None
 
 

@@ -190,8 +190,12 @@ def parse_value(kind_name: str, value: Any, *, required: bool = False) -> tuple[
         raise ParseError(_explain(kind, text))
     groups = match.groups()
     if kind.int_range is not None:
-        number = int(groups[0])
         low, high = kind.int_range
+        # Counted before int(), which refuses text of more than 4,300 digits (leading zeros too).
+        digits = groups[0].lstrip("+-").lstrip("0") or "0"
+        if len(digits) > len(str(INT64[1])):
+            raise ParseError(f"{_shown(text)!r} is out of range for {kind_name} ({low}..{high})")
+        number = -int(digits) if groups[0].startswith("-") else int(digits)
         if not low <= number <= high:
             raise ParseError(f"{number} is out of range for {kind_name} ({low}..{high})")
         if kind.allowed is not None and number not in kind.allowed:
@@ -206,8 +210,12 @@ def parse_value(kind_name: str, value: Any, *, required: bool = False) -> tuple[
     return tuple(groups)
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _explain(kind: Kind, text: str) -> str:
-    shown = text if len(text) <= 80 else text[:77] + "..."
+    shown = _shown(text)
     if kind.name in ("amount", "fee") and re.fullmatch(r"[+-]?\d+\.\d{7,}.*", text):
         return f"{shown!r} has more than 6 decimal places; numeric(20,6) would round it"
     return f"{shown!r} is not {_EXPECTED[kind.name]}"

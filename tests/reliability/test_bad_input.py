@@ -161,6 +161,18 @@ CASES: dict[str, Case] = {
         [(7_000_302, "agentFee", "is not a decimal amount")],
     ),
     "the same taskId twice in a page": Case([crafted(7_000_400)] * 2),
+    # Python's int() refuses text of more than 4,300 digits (a ValueError, not a ParseError)
+    "integers written with thousands of digits": Case(
+        [
+            crafted(7_000_500, numCnt="9" * 5000, sendSmsNum="0" * 5000 + "3"),
+            crafted("9" * 5000),
+            crafted("0" * 5000 + "7000501"),
+        ],
+        [
+            (7_000_500, "numCnt", "out of range for int"),
+            (None, "taskId", "out of range for bigint"),
+        ],
+    ),
 }
 
 

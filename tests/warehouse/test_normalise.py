@@ -90,6 +90,9 @@ ACCEPTED: list[tuple[str, Any, tuple[str | None, ...]]] = [
     ("bigint", 2**63 - 1, ("9223372036854775807",)),
     ("bigint", -(2**63), ("-9223372036854775808",)),
     ("bigint", "5000602", ("5000602",)),
+    # leading zeros past Python's 4,300-digit int() limit: still the number written
+    ("bigint", "0" * 5000 + "5000602", ("5000602",)),
+    ("int", "-" + "0" * 5000 + "7", ("-7",)),
     *[("status", code, (str(code),)) for code in range(7)],
     # local date-times: the text as sent, and its account-local date
     ("local_datetime", "2024-06-04 14:49:36", ("2024-06-04 14:49:36", "2024-06-04")),
@@ -164,6 +167,11 @@ REFUSED: list[tuple[str, Any]] = [
     ("bigint", -(2**63) - 1),
     ("bigint", "9223372036854775808"),
     ("bigint", 5000602.0),
+    # more digits than Python's int() converts (4,300): out of range, not a ValueError
+    ("bigint", "9" * 5000),
+    ("int", "-" + "9" * 5000),
+    ("smallint", "1" * 4301),
+    ("status", "9" * 5000),
     ("status", 7),
     ("status", -1),
     ("status", "7"),
@@ -215,6 +223,7 @@ def test_empty_is_null_unless_required(kind: str, empty: str | None) -> None:
         ("amount", "0.1234567", "more than 6 decimal places"),
         ("fee", "12(US)", "'12(US)'"),
         ("int", 2**31, "out of range"),
+        ("int", "9" * 5000, "'" + "9" * 77 + "...' is out of range for int"),
         ("status", 9, "unknown status code 9"),
         ("int", 1.0, "expected an integer"),
         ("percent", True, "got JSON bool"),
@@ -350,6 +359,7 @@ MALFORMED: list[tuple[str, Any]] = [
     ("status", 9),
     ("status", None),
     ("taskType", 2**15),
+    ("chargeLen", "9" * 5000),  # beyond Python's int() limit (4,300 digits)
     ("createdTime", "2024-02-30 10:00:00"),
     ("createdTime", "2024-06-04T10:00:00"),
     ("createdTime", ""),
@@ -743,6 +753,7 @@ def _refuse(constant: str) -> None:
     [
         *(5000602, "5000602", " 5000602 ", "+7", "-3", "0", 2**63),
         *("12a", "\u0665", "", None, True, 1.0, [1]),
+        *("9" * 5000, "0" * 5000 + "7", "-" + "0" * 4400),  # past int()'s 4,300 digits
     ],
 )
 def test_paging_keys_a_task_as_the_normaliser_reads_its_taskid(task_id: Any) -> None:
