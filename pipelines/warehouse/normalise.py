@@ -214,10 +214,29 @@ def _shown(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: Each number kind's shape without its digit limits (groups: the digits before and after the
+#: point) and those limits, as KINDS sets them: a value of this shape that KINDS refuses has
+#: too many digits, and its error says so rather than that it is no number at all.
+_NUMBER = r"[+-]?([0-9]+)(?:\.([0-9]+))?"
+_LIMITS: dict[str, tuple[re.Pattern[str], int, int]] = {
+    "amount": (re.compile(_NUMBER, _A), 14, 6),
+    "fee": (re.compile(rf"{_NUMBER}\s*\(\s*[A-Z]{{3}}\s*\)", _A), 14, 6),
+    "percent": (re.compile(rf"{_NUMBER}\s*%?", _A), 12, 30),
+    "seconds": (re.compile(r"([0-9]+)(?:\.([0-9]+))?\s*s?", _A), 12, 6),
+}
+
+
 def _explain(kind: Kind, text: str) -> str:
     shown = _shown(text)
-    if kind.name in ("amount", "fee") and re.fullmatch(r"[+-]?\d+\.\d{7,}.*", text):
-        return f"{shown!r} has more than 6 decimal places; numeric(20,6) would round it"
+    shape, digits, places = _LIMITS.get(kind.name, (None, 0, 0))
+    number = shape.fullmatch(text) if shape is not None else None
+    money = kind.name in ("amount", "fee")
+    if number is not None and len(number.group(2) or "") > places:
+        why = "numeric(20,6) would round it" if money else f"at most {places} are read"
+        return f"{shown!r} has more than {places} decimal places; {why}"
+    if number is not None and len(number.group(1)) > digits:
+        why = "numeric(20,6) cannot hold it" if money else f"at most {digits} are read"
+        return f"{shown!r} has more than {digits} digits before the decimal point; {why}"
     return f"{shown!r} is not {_EXPECTED[kind.name]}"
 
 

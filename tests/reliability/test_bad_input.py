@@ -158,7 +158,7 @@ CASES: dict[str, Case] = {
             crafted(7_000_301, vendorNote="n" * 1_000_000),
             crafted(7_000_302, agentFee="1" * 100_000),
         ],
-        [(7_000_302, "agentFee", "is not a decimal amount")],
+        [(7_000_302, "agentFee", "has more than 14 digits before the decimal point")],
     ),
     "the same taskId twice in a page": Case([crafted(7_000_400)] * 2),
     # Python's int() refuses text of more than 4,300 digits (a ValueError, not a ParseError)

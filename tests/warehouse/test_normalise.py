@@ -231,6 +231,17 @@ def test_empty_is_null_unless_required(kind: str, empty: str | None) -> None:
         ("amount", 12345678901234.123456, "binary floating point"),
         ("fee", 0.5, "got the JSON number 0.5"),
         ("local_datetime", "2024-02-30 00:00:00", "not a valid date-time"),
+        # A well-formed number past a limit says which limit, not that it is no number at all.
+        ("fee", "123456789012345(USD)", "more than 14 digits before the decimal point"),
+        ("amount", "-123456789012345.5", "more than 14 digits before the decimal point"),
+        ("percent", "1." + "3" * 31, "more than 30 decimal places"),
+        ("percent", "1234567890123%", "more than 12 digits before the decimal point"),
+        ("seconds", "1.1234567s", "more than 6 decimal places"),
+        ("seconds", "1234567890123 s", "more than 12 digits before the decimal point"),
+        # ... and one that is not well-formed is not described by a limit it also exceeds.
+        ("fee", "0.1234567", 'is not an amount with its currency, like "0.034827(USD)"'),
+        ("amount", "1.1234567e5", "is not a decimal amount"),
+        ("fee", "1.1234567(usd)", "is not an amount with its currency"),
         ("text", "a\x00b", "NUL"),
     ],
 )
