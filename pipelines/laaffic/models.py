@@ -1,8 +1,9 @@
 """Typed shapes of the API's request, response envelope and task record (pydantic v2).
 
 Records travel through the pipeline as the plain dicts the API sent, so that the raw payload is
-kept exactly; `TaskRecord` documents and validates the 21 documented fields (the simulator builds
-its data with it, tests validate against it). Unknown extra fields are allowed and kept.
+kept exactly; `TaskRecord` documents and validates the 21 documented fields (the pipeline does not
+use it: tests validate the simulator's records against it; `normalise.FIELDS` reads them). Unknown
+extra fields are allowed and kept.
 """
 
 from __future__ import annotations

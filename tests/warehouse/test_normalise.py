@@ -1,8 +1,8 @@
 """The normaliser: every parser kind, table-driven and property-based.
 
-`parse_value` is the exact reference; `normalise_records` parses whole columns with pandas and
-must agree with it value by value. A value that cannot be parsed becomes NULL in its column and a
-Reject naming task, field and raw value; nothing else in the batch is affected.
+`parse_value` is the exact reference; `normalise_records` parses whole columns with Arrow compute
+kernels and must agree with it value by value. A value that cannot be parsed becomes NULL in its
+column and a Reject naming task, field and raw value; nothing else in the batch is affected.
 """
 
 from __future__ import annotations
