@@ -431,6 +431,30 @@ def test_missing_required_field_is_rejected_and_optional_one_is_null() -> None:
     assert rows[2]["acd_seconds"] is None
 
 
+def test_optional_fields_absent_from_records_are_named_in_one_warning() -> None:
+    """An absent optional field is stored as NULL, not refused (the API may leave out what it
+    has no value for), but a field the API stopped sending (renamed, say) must not go NULL
+    unnoticed: the window's log names each absent field, how many records lack it and a task."""
+    records = make_records(DAY, 4)
+    del records[1]["scriptId"]
+    del records[2]["scriptId"]
+    del records[2]["acd"]
+    records[3]["numCnt"] = None  # sent, as null: nothing to say
+    warnings: list[str] = []
+    window = normalise_records(records, log=warnings.append)
+    assert window.rejects == []
+    assert warnings == [
+        "2 of 4 records lack documented fields, stored as NULL: scriptId (2 records, e.g. "
+        f"task {records[1]['taskId']}), acd (1 record, e.g. task {records[2]['taskId']}); "
+        "if the API renamed a field, its new name is in raw"
+    ]
+    rows = window.rows.to_dict("records")
+    assert [row["script_id"] for row in rows[1:3]] == [None, None]
+    warnings.clear()
+    normalise_records(make_records(DAY, 4), log=warnings.append)
+    assert warnings == []
+
+
 @pytest.mark.parametrize("task_id", ["missing", None, "", "abc", 1.5, True, 2**63, [1]])
 def test_record_without_usable_task_id_is_kept_whole_as_a_reject(task_id: Any) -> None:
     records = make_records(DAY, 3)
