@@ -105,6 +105,9 @@ def row_count_mismatches(
 
 
 #: A call still ringing has no outcome yet, so only a final task must have success + fail = callNum.
+#: A refused value is NULL and breaks no comparison it is in (the rejects check reports it); the
+#: currencies are compared pairwise, so that a refused taskSumPayFee does not hide the other two
+#: fees disagreeing.
 INVARIANTS_SQL = sql.SQL("""
 SELECT task_id, created_date, problems FROM (
     SELECT task_id, created_date, array_remove(ARRAY[
@@ -120,6 +123,7 @@ SELECT task_id, created_date, problems FROM (
                         task_sum_pay_fee_amount) < 0 THEN 'negative amount' END,
         CASE WHEN group_call_pay_fee_currency <> task_sum_pay_fee_currency
                   OR sms_pay_fee_currency <> task_sum_pay_fee_currency
+                  OR group_call_pay_fee_currency <> sms_pay_fee_currency
              THEN 'fees in different currencies' END
     ], NULL) AS problems
     FROM group_call_tasks

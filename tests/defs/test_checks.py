@@ -314,6 +314,39 @@ def test_invariants_check_fails_on_a_tampered_task_and_names_it(
         assert f"| {task_id} | {day} | {problem} |" in _md(check, "broken")
 
 
+def test_invariants_check_sees_mixed_currencies_when_the_total_was_refused(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    """A refused taskSumPayFee (its amount and currency NULL) does not hide that the group-call
+    and SMS fees of the task are in different currencies: the daily summary, which counts the task
+    under the group-call fee's currency, leaves the other fee out of every sum."""
+    with DagsterInstance.ephemeral() as instance:
+        _passed_all(_sync(simulator, database_url, instance, DAYS))
+        day = DAYS[2]
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT min(task_id) FROM group_call_tasks WHERE created_date = %s "
+                "AND sms_pay_fee_amount > 0",
+                (day,),
+            ).fetchone()
+            assert row is not None and row[0] is not None
+            task_id = int(row[0])
+            conn.execute(
+                "UPDATE group_call_tasks SET task_sum_pay_fee_amount = NULL, "
+                "task_sum_pay_fee_currency = NULL, sms_pay_fee_currency = "
+                "CASE WHEN group_call_pay_fee_currency = 'EUR' THEN 'USD' ELSE 'EUR' END "
+                "WHERE task_id = %s",
+                (task_id,),
+            )
+
+        check = _run_checks(simulator, database_url, instance, [task_invariants_hold])[
+            "task_invariants_hold"
+        ]
+        assert not check.passed
+        assert check.metadata["tasks_broken"].value == 1
+        assert f"| {task_id} | {day} | fees in different currencies |" in _md(check, "broken")
+
+
 def test_open_tasks_past_the_horizon_warn_and_name_a_task(
     simulator: SimulatorServer, database_url: str
 ) -> None:
