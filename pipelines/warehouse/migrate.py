@@ -48,8 +48,24 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return files
 
 
+def _log_raised_notice(diag: psycopg.errors.Diagnostic) -> None:
+    """A migration's own RAISE NOTICE (what a DBA must do, e.g. create the reader role) goes to
+    the log as a warning: psycopg drops notices that no handler takes. The notices PostgreSQL
+    sends for idempotent DDL ("already exists, skipping") carry no RAISE context and are not."""
+    if (diag.context or "").rstrip().endswith("at RAISE"):
+        log.warning("migration: %s", diag.message_primary)
+
+
 def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply the migrations not yet recorded; return the names applied now."""
+    conn.add_notice_handler(_log_raised_notice)
+    try:
+        return _apply_migrations(conn, sql_dir)
+    finally:
+        conn.remove_notice_handler(_log_raised_notice)
+
+
+def _apply_migrations(conn: psycopg.Connection, sql_dir: Path) -> list[str]:
     applied_now: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

@@ -462,6 +462,42 @@ def test_a_migration_racing_another_database_for_the_reader_role_still_succeeds(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.timeout(120)
+def test_a_pipeline_role_that_cannot_create_the_reader_role_says_so_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pipeline's own role without CREATEROLE: the migrations still succeed, leaving the
+    reader role to a DBA, and the pipeline's log says so (README: "otherwise it logs a notice").
+    PostgreSQL sends that as a NOTICE, which psycopg drops unless a handler takes it. A server of
+    its own: the role must not exist yet."""
+    import tempfile
+
+    from pipelines.warehouse.embedded import start_embedded_postgres
+    from pipelines.warehouse.urls import with_database
+
+    # Not tmp_path: the server runs as another user, who must be able to reach its directory.
+    tmp = tempfile.mkdtemp(prefix="laaffic-test-roles-")
+    server = start_embedded_postgres(Path(tmp) / "pgdata", cleanup_mode="delete")
+    try:
+        url = server.get_uri()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("CREATE ROLE etl LOGIN NOCREATEROLE NOSUPERUSER")
+            admin.execute("CREATE DATABASE analytics OWNER etl")
+        etl_url = with_database(url, "analytics").replace("//postgres:@", "//etl@", 1)
+        assert "etl@" in etl_url
+        with psycopg.connect(etl_url) as conn, caplog.at_level("WARNING"):
+            assert apply_migrations(conn) == [path.name for path in migration_files()]
+        with psycopg.connect(url, autocommit=True) as admin:
+            assert admin.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname = %s", (READER,)
+            ).fetchone() == (0,)
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("cannot create role laaffic_reader" in line for line in said), said
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_a_database_that_ran_an_earlier_equivalent_text_is_not_warned(
     conn: psycopg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
