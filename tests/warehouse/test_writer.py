@@ -43,6 +43,18 @@ def _sync_log(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return _dicts(conn, "SELECT * FROM group_call_sync_log ORDER BY sync_id")
 
 
+def _comment(conn: psycopg.Connection, relation: str, column: str | None = None) -> str:
+    """The COMMENT a BI tool shows for `relation`, or for its `column`."""
+    row = conn.execute(
+        "SELECT obj_description(%s::regclass, 'pg_class')"
+        if column is None
+        else "SELECT col_description(%s::regclass, (SELECT attnum FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attname = %s))",
+        (relation,) if column is None else (relation, relation, column),
+    ).fetchone()
+    return (row[0] if row else None) or ""
+
+
 def _rejects(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return _dicts(conn, "SELECT * FROM group_call_task_rejects ORDER BY reject_id")
 
@@ -376,6 +388,26 @@ def test_sync_log_row_carries_the_counts(migrated: psycopg.Connection) -> None:
     assert status == [(DAY, 0, 120, 1, "run-2", latest["finished_at"])]
 
 
+def test_sync_status_says_its_api_total_counts_a_repeated_row_twice(
+    migrated: psycopg.Connection,
+) -> None:
+    """A day whose API listing repeated rows: the view's api_total is the API's total, more
+    than the day's tasks, and its COMMENT (what a BI tool shows) says so and where the repeats
+    are counted, instead of calling it the tasks the API reported."""
+    records = make_records(DAY, 40)
+    stats = FetchStats(api_total=43, pages=1, requests=2, upstream_duplicates=3)
+    write(migrated, records, DAY, stats=stats)
+    assert migrated.execute(
+        "SELECT api_total FROM group_call_sync_status WHERE window_date = %s", (DAY,)
+    ).fetchall() == [(43,)]
+    assert migrated.execute(
+        "SELECT sum(tasks) FROM group_call_daily_summary WHERE created_date = %s", (DAY,)
+    ).fetchone() == (40,)
+    for relation in ("group_call_sync_status", "group_call_sync_log"):
+        comment = _comment(migrated, relation, "api_total")
+        assert "upstream_duplicates" in comment and "twice" in comment, (relation, comment)
+
+
 def test_an_empty_window_is_logged(migrated: psycopg.Connection) -> None:
     result = write(migrated, [], DAY)
     assert (result.received, result.inserted, result.updated, result.unchanged) == (0, 0, 0, 0)
@@ -550,6 +582,29 @@ def test_daily_rollup_sums_per_day_and_currency(migrated: psycopg.Connection) ->
         for row in _dicts(migrated, "SELECT * FROM group_call_daily_summary")
     }
     assert got == {key: dict(value) for key, value in expected.items()}
+
+
+def test_daily_rollup_leaves_out_a_fee_in_another_currency_than_its_task_and_says_so(
+    migrated: psycopg.Connection,
+) -> None:
+    """A task whose SMS fee is in EUR while its other fees are in USD (an API anomaly that
+    task_invariants_hold reports) counts under USD, and its EUR fee is in no sum: not mixed
+    into the USD one, and no EUR row is made for it. The view's COMMENTs say so."""
+    records = make_records(DAY, 20, seed=3)
+    odd = next(
+        r for r in records if r["taskSumPayFee"].endswith("(USD)") and r["smsPayFee"] != "0(USD)"
+    )
+    sms = odd["smsPayFee"].replace("(USD)", "(EUR)")
+    odd["smsPayFee"] = sms
+    write(migrated, records, DAY)
+    rows = _dicts(migrated, "SELECT currency, tasks, sms_spend FROM group_call_daily_summary")
+    usd_sms = sum(Decimal(r["smsPayFee"][:-5]) for r in records if r["smsPayFee"].endswith("(USD)"))
+    usd_tasks = sum(r["taskSumPayFee"].endswith("(USD)") for r in records)
+    assert {"currency": "USD", "tasks": usd_tasks, "sms_spend": usd_sms} in rows
+    assert all(row["currency"] != "EUR" or row["tasks"] for row in rows)
+    for column in (None, "group_call_spend", "sms_spend"):
+        comment = _comment(migrated, "group_call_daily_summary", column)
+        assert "another currency than" in comment, (column, comment)
 
 
 def test_daily_rollup_keeps_refused_values_out_of_the_wrong_sums(
