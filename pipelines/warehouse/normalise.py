@@ -20,7 +20,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 #: CET, EET, MET and WET as PostgreSQL's fixed-offset abbreviations of the same names.
 #: 3: a percentage keeps up to 30 decimals (was 12), so "66.66666666666667" is stored, not refused;
 #: an amount sent as a JSON number with a fraction is refused, not stored as a double read it.
-NORMALISER_VERSION = 3
+#: 4: a task whose createdTime is refused gets its window's day as created_date, not NULL
+#: (`NormalisedWindow.on_day`).
+NORMALISER_VERSION = 4
 
 INT32 = (-(2**31), 2**31 - 1)
 INT16 = (-(2**15), 2**15 - 1)
@@ -291,6 +293,18 @@ class NormalisedWindow:
             columns=list(STAGE_COLUMNS),
         ).astype(object)
         return text.where(text.notna(), None)
+
+    def on_day(self, day: date) -> NormalisedWindow:
+        """The window with `day`, the account-local day whose window listed these records, as
+        the created_date of those whose createdTime was refused (its column NULL, a reject): the
+        API selects a day's window by createdTime, so that is their day too. Without one they
+        were on no day (outside its summary, row count and open-task refreshes)."""
+        dates = self.table["created_date"]
+        if not dates.null_count:
+            return self
+        at = self.table.schema.get_field_index("created_date")
+        filled = pc.fill_null(dates, pa.scalar(day.isoformat(), dates.type))
+        return NormalisedWindow(self.table.set_column(at, "created_date", filled), self.rejects)
 
     @property
     def open_tasks(self) -> int:

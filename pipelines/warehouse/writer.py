@@ -189,6 +189,7 @@ def write_window(
     different time zone put them on other days), that COPY fails on the primary key, is rolled
     back to its savepoint, and the window takes the staging path: the result is the same."""
     received = len(normalised)
+    normalised = normalised.on_day(window_date)  # a refused createdTime: the window's day
     with conn.transaction(), conn.cursor() as cur:
         # createdTime is local: read in the account's zone as the transaction's TimeZone, which
         # is always an IANA zone. `AT TIME ZONE 'CET'` or a " CET" suffix would take PostgreSQL's

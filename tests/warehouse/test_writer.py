@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from pipelines.laaffic.client import FetchStats
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.warehouse.normalise import normalise_records
+from pipelines.warehouse.queries import open_task_days, row_count_mismatches, synced_windows
 from pipelines.warehouse.writer import write_window
 from tests.warehouse.helpers import TIME_ZONE, day_window, make_records, write
 
@@ -335,6 +336,36 @@ def test_rejects_are_recorded_deduplicated_and_resolved(migrated: psycopg.Connec
     back = write(migrated, records, DAY)
     assert (back.rejected, back.new_rejects) == (1, 0)
     assert {r["field"]: r["resolved_at"] for r in _rejects(migrated)}["rate"] is None
+
+
+@pytest.mark.parametrize("first_load", [True, False], ids=["first load", "merge"])
+def test_a_task_whose_created_time_was_refused_is_stored_on_its_window_s_day(
+    migrated: psycopg.Connection, first_load: bool
+) -> None:
+    """The API lists a task in the window of the day it was created (the window filters on
+    createdTime), so a createdTime the pipeline cannot read still says which day the task is:
+    with created_date NULL the task was on no day, left out of its day's summary and of the
+    row-count check (which reported it missing), and, still open, never refreshed by the
+    open-tasks sensor nor reported by open_tasks_within_horizon."""
+    records = make_records(DAY, 5, open_fraction=1.0)
+    bad = records[2]
+    bad["createdTime"] = "2024-06-04T12:00"  # not the API's format
+    result = write(migrated, records, DAY, first_load=first_load)
+    assert result.rejected == 1
+    assert result.partition_rows == 5
+    row = migrated.execute(
+        "SELECT created_date, created_time, raw->>'createdTime' FROM group_call_tasks "
+        "WHERE task_id = %s",
+        (bad["taskId"],),
+    ).fetchone()
+    assert row == (DAY, None, "2024-06-04T12:00")
+    assert migrated.execute(
+        "SELECT created_date, sum(tasks), sum(open_tasks) FROM group_call_daily_summary "
+        "GROUP BY created_date"
+    ).fetchall() == [(DAY, 5, 5)]
+    assert row_count_mismatches(migrated, synced_windows(migrated, None)) == []
+    assert [(d.day, d.open_tasks) for d in open_task_days(migrated, DAY, DAY)] == [(DAY, 5)]
+    assert "refused" in _comment(migrated, "group_call_tasks", "created_date")
 
 
 def test_sync_log_row_carries_the_counts(migrated: psycopg.Connection) -> None:
