@@ -82,8 +82,13 @@ def no_new_rejects(
     return AssetCheckResult(
         passed=count == 0,
         severity=AssetCheckSeverity.ERROR,
-        description=f"{count} new rejected value(s)" if count else "no new rejected values",
+        description=(
+            f"{count} new rejected value(s) in {len(days)} day(s)"
+            if count
+            else f"no new rejected values in {len(days)} day(s)"
+        ),
         metadata={
+            "days_checked": len(days),
             "new_rejects": count,
             "examples": MetadataValue.md(
                 _md_table(("task_id", "field", "raw value", "error"), examples)
@@ -107,7 +112,11 @@ def task_invariants_hold(
     return AssetCheckResult(
         passed=not broken,
         severity=AssetCheckSeverity.ERROR,
-        description=f"{len(broken)} task(s) break an invariant" if broken else "all hold",
+        description=(
+            f"{len(broken)} task(s) in {len(days)} day(s) break an invariant"
+            if broken
+            else f"all hold in {len(days)} day(s)"
+        ),
         metadata={
             "days_checked": len(days),
             "tasks_broken": len(broken),

@@ -205,6 +205,8 @@ def test_no_new_rejects_fails_on_a_bad_fee_and_names_the_task(
         assert not check.passed
         assert check.severity == AssetCheckSeverity.ERROR
         assert check.metadata["new_rejects"].value == 1
+        assert check.metadata["days_checked"].value == 1  # what it looked at, like its siblings
+        assert check.description == "1 new rejected value(s) in 1 day(s)"
         examples = _md(check, "examples")
         assert f"| {bad.task_id} | groupCallPayFee | n/a(USD) |" in examples
         # The task row is still stored (the fee NULL, the raw record kept): counts still match.
@@ -214,6 +216,9 @@ def test_no_new_rejects_fails_on_a_bad_fee_and_names_the_task(
         again = _sync(simulator, database_url, instance, [day])
         assert again["no_new_rejects"].passed
         assert again["no_new_rejects"].metadata["new_rejects"].value == 0
+        # Checks run on their own look at the latest sync of every day.
+        alone = _run_checks(simulator, database_url, instance, [no_new_rejects])
+        assert alone["no_new_rejects"].metadata["days_checked"].value == len(DAYS)
 
 
 def test_invariants_check_passes_a_calling_task_whose_last_call_has_no_outcome_yet(
@@ -311,6 +316,7 @@ def test_invariants_check_fails_on_a_tampered_task_and_names_it(
         assert check.severity == AssetCheckSeverity.ERROR
         assert check.metadata["days_checked"].value == len(DAYS)
         assert check.metadata["tasks_broken"].value == 1
+        assert check.description == f"1 task(s) in {len(DAYS)} day(s) break an invariant"
         assert f"| {task_id} | {day} | {problem} |" in _md(check, "broken")
 
 
