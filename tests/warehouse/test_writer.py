@@ -368,6 +368,25 @@ def test_a_task_whose_created_time_was_refused_is_stored_on_its_window_s_day(
     assert "refused" in _comment(migrated, "group_call_tasks", "created_date")
 
 
+def test_what_a_record_without_a_task_id_leaves_is_what_the_comments_say(
+    migrated: psycopg.Connection,
+) -> None:
+    """A record without a usable taskId is no row and not among the sync's `received` tasks,
+    and its reject stays standing once the API no longer sends it (there is no task to re-read):
+    the COMMENTs a BI tool shows say both, instead of 'distinct records received' and 'NULL
+    while the problem stands'."""
+    records = make_records(DAY, 5)
+    unkeyed = dict(records[4])
+    del unkeyed["taskId"]
+    assert write(migrated, [*records, unkeyed], DAY).received == 5
+    write(migrated, records, DAY)  # the API no longer sends it
+    assert [(r["field"], r["resolved_at"]) for r in _rejects(migrated)] == [("taskId", None)]
+    received = _comment(migrated, "group_call_sync_log", "received")
+    assert "taskId" in received, received
+    resolved = _comment(migrated, "group_call_task_rejects", "resolved_at")
+    assert "taskId" in resolved, resolved
+
+
 def test_sync_log_row_carries_the_counts(migrated: psycopg.Connection) -> None:
     records = make_records(DAY, 120, open_fraction=0.5)
     records[0]["acd"] = "sixty"
