@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -346,8 +347,11 @@ def sync_days(
         progress.flush()
         for *_, read in reads:
             read.cancel()
-        writer.shutdown(wait=True, cancel_futures=True)
-        fetchers.shutdown(wait=True, cancel_futures=True)
+        # Days still being read are not wanted: stop their requests and back-offs at once
+        # (in an outage, their retries would take minutes to run out).
+        with client.reads_stopped() if reads else nullcontext():
+            writer.shutdown(wait=True, cancel_futures=True)
+            fetchers.shutdown(wait=True, cancel_futures=True)
 
 
 def _changed_records(

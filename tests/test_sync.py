@@ -1,9 +1,12 @@
 """pipelines.sync: days end to end, and the re-sync that skips records identical to what it
 last wrote (without ever leaving a changed or missing row behind)."""
 
+import os
+import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, timedelta
@@ -14,6 +17,7 @@ import psycopg
 import pytest
 
 from pipelines.laaffic.client import LaafficClient
+from pipelines.laaffic.errors import LaafficError
 from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.sync import sync_day, sync_days
 from pipelines.warehouse.writer import connect, ensure_schema
@@ -419,3 +423,44 @@ def test_a_sync_stopped_while_logging_its_progress_still_reports_the_day_committ
     ).fetchall()
     assert [d for (d,) in logged] == [DAY]
     assert yielded == [DAY]
+
+
+@pytest.mark.parametrize("how", ["a day fails", "the sync is stopped"])
+def test_leaving_a_sync_stops_the_other_days_reads_instead_of_waiting_out_their_retries(
+    simulator: SimulatorServer, conn: psycopg.Connection, how: str
+) -> None:
+    """A fatal answer for one day, or a stop (Ctrl-C; Dagster's interrupt of a terminated run),
+    while the days read ahead are retrying an outage: those reads stop at once, not after every
+    retry and back-off (minutes, with the defaults), and the client stays usable afterwards."""
+    failing, *ahead = (DAY + timedelta(days=n) for n in range(3))
+    sim = simulator.simulator
+    answer = sim.query
+    asked: Counter[str] = Counter()
+    both_asked = threading.Event()
+
+    def query(q: dict[str, Any]) -> bytes:
+        day = q["start"][:10]
+        asked[day] += 1
+        if day != str(failing):  # an outage for the days read ahead: -18, a transient code
+            if all(asked[str(d)] for d in ahead):
+                both_asked.set()
+            return b'{"code":-18,"msg":"system exception","data":null}'
+        assert both_asked.wait(30), "the days ahead were never read"
+        if how == "a day fails":
+            return b'{"code":-22,"msg":"parameter exception","data":null}'
+        if asked[day] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the run is stopped while the others back off
+        return b'{"code":-18,"msg":"system exception","data":null}'
+
+    sim.query = query  # type: ignore[method-assign]
+    stopped: type[BaseException] = LaafficError if how == "a day fails" else KeyboardInterrupt
+    with LaafficClient(
+        simulator.url, "sim-key", "sim-secret", backoff_base_seconds=3.0, max_attempts=3
+    ) as client:
+        with pytest.raises(stopped):
+            list(sync_days(client, conn, [failing, *ahead], time_zone=TZ, days_ahead=2))
+        # Each day was asked once: its retry, 1.5-3 s later, was never sent.
+        assert [asked[str(d)] for d in (failing, *ahead)] == [1, 1, 1]
+        sim.query = answer  # type: ignore[method-assign]
+        assert [s.day for s in sync_days(client, conn, ahead, time_zone=TZ)] == ahead
+    assert asked[str(failing)] == 1  # nothing was left retrying once the client closed

@@ -20,9 +20,9 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -38,6 +38,7 @@ from pipelines.laaffic.errors import (
     LaafficError,
     LaafficHttpError,
     LaafficIncompleteWindowError,
+    LaafficReadStoppedError,
     LaafficRetriesExhaustedError,
     LaafficTimestampExpiredError,
     LaafficTransportError,
@@ -183,6 +184,7 @@ class LaafficClient:
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._stopping = threading.Event()  # set while `reads_stopped`: no request is sent
 
     def __repr__(self) -> str:
         return f"LaafficClient(base_url={self.base_url!r}, api_key='***', api_secret='***')"
@@ -316,6 +318,8 @@ class LaafficClient:
         transient_failures = 0
         resigns = 0
         while True:
+            if self._stopping.is_set():
+                raise LaafficReadStoppedError(f"not sent: the sync stopped, while {context}")
             stats.add(requests=1)
             try:
                 return attempt()
@@ -346,7 +350,7 @@ class LaafficClient:
                     context,
                     delay,
                 )
-                time.sleep(delay)
+                self._stopping.wait(delay)  # a back-off ends at once when reads are stopped
 
     # -- one window --------------------------------------------------------------------------
 
@@ -374,6 +378,20 @@ class LaafficClient:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+
+    @contextmanager
+    def reads_stopped(self) -> Iterator[None]:
+        """Stop every read of this client while inside: no request is sent, a back-off ends at
+        once, and each read raises `LaafficReadStoppedError`. For a sync that fails or is
+        stopped while other days are read ahead: in an outage, waiting for their retries to run
+        out would take minutes. On leaving, it waits for the requests in flight (each ends
+        within its timeout, none follows), and the client reads again."""
+        self._stopping.set()
+        try:
+            yield
+        finally:
+            self.close()
+            self._stopping.clear()
 
     def __enter__(self) -> LaafficClient:
         return self

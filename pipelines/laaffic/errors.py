@@ -112,5 +112,10 @@ class LaafficIncompleteWindowError(LaafficError):
     """Paging could not account for every task the API reported for a window."""
 
 
+class LaafficReadStoppedError(LaafficError):
+    """A read abandoned because the sync it served stopped (another day failed, or the run was
+    terminated): no further request of it was sent."""
+
+
 class LaafficConfigError(LaafficError):
     """The client is missing configuration (credentials, base URL)."""
