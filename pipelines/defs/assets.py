@@ -106,10 +106,11 @@ def group_call_tasks(
                     context.add_asset_metadata(
                         synced.metadata(), partition_key=synced.partition_key
                     )
-            except (KeyboardInterrupt, DagsterExecutionInterruptedError) as exc:
-                # Landed here, between two days, rather than in the sync (which then has raised
-                # it already): stop the sync with it, as if it had landed there. The write under
-                # way finishes and its day is yielded; then the interrupt is raised again.
+            except BaseException as exc:
+                # Landed here, between two days (an interrupt, or an error recording a day),
+                # rather than in the sync (which then has raised it already): stop the sync
+                # with it, as if it had landed there, so that none of its threads runs on. The
+                # writes handed over finish and their days are yielded; then it is raised again.
                 committed.extend(_stop(syncing, exc))
                 raise
             columns = table_columns(conn)
@@ -155,8 +156,8 @@ def _stop(syncing: Generator[DaySync, None, None], exc: BaseException) -> list[D
     try:
         reported.append(syncing.throw(exc))
         reported.extend(syncing)
-    except (StopIteration, KeyboardInterrupt, DagsterExecutionInterruptedError):
-        pass  # (re-raised by the caller)
+    except BaseException:  # noqa: S110 - `exc`, or what stopping raised: the caller raises `exc`
+        pass
     return reported
 
 

@@ -425,3 +425,36 @@ def test_a_failed_range_run_keeps_the_committed_days_materialized_with_their_fig
             assert _value(metadata, "inserted") == counts[day], day
             assert _value(metadata, "dagster/partition_row_count") == counts[day], day
             assert _value(metadata, "window") == f"[{day} 00:00:00 .. {day} 23:59:59]", day
+
+
+def test_a_step_that_fails_between_two_days_leaves_no_sync_thread_running(
+    simulator: SimulatorServer, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error in the asset between two days it is handed (recording a day's figures, say)
+    stops the sync with the step: its threads (reading ahead, writing) do not run on after the
+    step failed, nor wait for garbage collection to stop them, and the days it committed are
+    recorded as materialized."""
+    record = AssetExecutionContext.add_asset_metadata
+
+    def fail_on_the_second_day(self: AssetExecutionContext, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("partition_key") == WEEK[1].isoformat():
+            raise RuntimeError("injected failure while recording a day")
+        record(self, *args, **kwargs)
+
+    monkeypatch.setattr(AssetExecutionContext, "add_asset_metadata", fail_on_the_second_day)
+    kept: list[threading.Thread] = []
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [_without_step_retries(group_call_tasks)],
+            resources=resources(simulator, database_url),
+            instance=instance,
+            tags=range_tags(WEEK[0], WEEK[-1]),
+            raise_on_error=False,
+        )
+        kept = [t for t in threading.enumerate() if t.name.startswith("laaffic-")]
+        # Every day it committed, and only those, shows as materialized.
+        materialized = instance.get_materialized_partitions(AssetKey("group_call_tasks"))
+        assert materialized == {day.isoformat() for day in stored_days(database_url)}
+        assert {WEEK[0].isoformat(), WEEK[1].isoformat()} <= materialized
+    assert not result.success
+    assert kept == []
