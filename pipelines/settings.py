@@ -46,7 +46,7 @@ class Settings:
         timezone = os.getenv("LAAFFIC_TIMEZONE") or DEFAULT_TIMEZONE
         try:
             ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # (a region, "Asia": a directory)
             raise ValueError(
                 f"LAAFFIC_TIMEZONE={timezone!r} is not an IANA time zone (e.g. Asia/Shanghai)"
             ) from None

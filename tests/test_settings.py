@@ -47,6 +47,9 @@ def test_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("LAAFFIC_TIMEZONE", "Mars/Base", "is not an IANA time zone"),
         ("LAAFFIC_TIMEZONE", "UTC+8", "is not an IANA time zone"),
+        # A region of the tz database, not a zone: zoneinfo raises IsADirectoryError for it.
+        ("LAAFFIC_TIMEZONE", "Asia", "is not an IANA time zone"),
+        ("LAAFFIC_TIMEZONE", "America", "is not an IANA time zone"),
         ("LAAFFIC_START_DATE", "2024-13-01", "is not a date (YYYY-MM-DD)"),
         ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "bogus", "is not a cron expression"),
         ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "0 25 * * *", "is not a cron expression"),
