@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import Definitions, in_process_executor
 
-from pipelines.defs.assets import group_call_tasks
+from pipelines.defs.assets import SETTINGS, group_call_tasks
 from pipelines.defs.checks import DATA_CHECKS, FRESHNESS_CHECKS
 from pipelines.defs.resources import LaafficApiResource, WarehouseResource, env_var_if_set
 from pipelines.defs.schedules import DAILY_SYNC_JOB, DAILY_SYNC_SCHEDULE
 from pipelines.defs.sensors import FRESHNESS_SENSOR, open_tasks_sensor
-from pipelines.laaffic.client import DEFAULT_BASE_URL
 
 defs = Definitions(
     assets=[group_call_tasks],
@@ -24,7 +21,7 @@ defs = Definitions(
     executor=in_process_executor,
     resources={
         "laaffic": LaafficApiResource(
-            base_url=os.getenv("LAAFFIC_BASE_URL") or DEFAULT_BASE_URL,
+            base_url=SETTINGS.base_url,
             api_key=env_var_if_set("LAAFFIC_API_KEY"),
             api_secret=env_var_if_set("LAAFFIC_API_SECRET"),
         ),

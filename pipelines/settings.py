@@ -1,4 +1,5 @@
-"""Load-time settings from the environment (Dagster needs them to build the partitions).
+"""Load-time settings from the environment (Dagster builds the partitions, checks, sensors and
+the API resource from them): a bad value fails the load, naming its variable.
 
 Secrets are not here: they are `EnvVar`s on the resources, read at run launch.
 """
@@ -8,7 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pipelines.laaffic.client import DEFAULT_BASE_URL
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_START_DATE = date(2024, 1, 1)
@@ -30,6 +34,19 @@ def _int_env(name: str, default: int) -> int:
     return number
 
 
+def _http_url(name: str, value: str) -> str:
+    """`value` if it is an http(s) URL with a host: requests refuses anything else on every
+    request, an error the run would retry as if the API were down."""
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not an http(s) URL (e.g. {DEFAULT_BASE_URL})")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     timezone: str = DEFAULT_TIMEZONE
@@ -40,6 +57,8 @@ class Settings:
     open_tasks_interval_seconds: int = DEFAULT_OPEN_TASKS_INTERVAL_SECONDS
     #: tasks still open this many days after creation are no longer followed automatically
     open_tasks_horizon_days: int = DEFAULT_OPEN_TASKS_HORIZON_DAYS
+    #: the API's base URL (the credentials, secrets, are EnvVars on the resource instead)
+    base_url: str = DEFAULT_BASE_URL
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -72,5 +91,8 @@ class Settings:
             ),
             open_tasks_horizon_days=_int_env(
                 "LAAFFIC_OPEN_TASKS_HORIZON_DAYS", DEFAULT_OPEN_TASKS_HORIZON_DAYS
+            ),
+            base_url=_http_url(
+                "LAAFFIC_BASE_URL", os.getenv("LAAFFIC_BASE_URL") or DEFAULT_BASE_URL
             ),
         )

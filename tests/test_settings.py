@@ -15,6 +15,7 @@ VARIABLES = (
     "LAAFFIC_FRESHNESS_DEADLINE_CRON",
     "LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS",
     "LAAFFIC_OPEN_TASKS_HORIZON_DAYS",
+    "LAAFFIC_BASE_URL",
 )
 
 
@@ -31,15 +32,20 @@ def test_defaults() -> None:
         freshness_deadline_cron="0 3 * * *",
         open_tasks_interval_seconds=3600,
         open_tasks_horizon_days=30,
+        base_url="https://api.laaffic.com",
     )
 
 
 def test_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in zip(
-        VARIABLES, ("Europe/Berlin", "2025-02-03", "30 4 * * *", "600", "7"), strict=True
+        VARIABLES,
+        ("Europe/Berlin", "2025-02-03", "30 4 * * *", "600", "7", "http://127.0.0.1:8765/"),
+        strict=True,
     ):
         monkeypatch.setenv(name, value)
-    assert Settings.from_env() == Settings("Europe/Berlin", date(2025, 2, 3), "30 4 * * *", 600, 7)
+    assert Settings.from_env() == Settings(
+        "Europe/Berlin", date(2025, 2, 3), "30 4 * * *", 600, 7, "http://127.0.0.1:8765/"
+    )
 
 
 @pytest.mark.parametrize(
@@ -55,6 +61,12 @@ def test_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "0 25 * * *", "is not a cron expression"),
         ("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "hourly", "is not a whole number"),
         ("LAAFFIC_OPEN_TASKS_HORIZON_DAYS", "0", "must be at least 1"),
+        # Without a scheme requests refused it on every request (InvalidSchema, MissingSchema),
+        # which the step retried as if the API were down, naming no variable.
+        ("LAAFFIC_BASE_URL", "api.laaffic.com", "is not an http(s) URL"),
+        ("LAAFFIC_BASE_URL", "127.0.0.1:8765", "is not an http(s) URL"),
+        ("LAAFFIC_BASE_URL", "ftp://api.laaffic.com", "is not an http(s) URL"),
+        ("LAAFFIC_BASE_URL", "https://", "is not an http(s) URL"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_variable(

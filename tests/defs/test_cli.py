@@ -53,6 +53,20 @@ def test_definitions_validate_with_nothing_configured(
     assert not pgdata.exists()
 
 
+def test_a_base_url_without_scheme_fails_the_load_naming_it(tmp_path: Path) -> None:
+    """`host:port` for LAAFFIC_BASE_URL loaded, and every run then failed on a requests error
+    naming no variable, after the step's retries (as if the API were down)."""
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        LAAFFIC_BASE_URL="127.0.0.1:8765",
+    )
+    result = run_dagster(["definitions", "validate", "-w", "workspace.yaml"], env, timeout=120)
+    assert result.returncode != 0, _output(result)
+    assert "LAAFFIC_BASE_URL='127.0.0.1:8765' is not an http(s) URL" in result.stdout + (
+        result.stderr
+    ), _output(result)
+
+
 def test_cli_materializes_exactly_one_day(
     simulator: SimulatorServer, database_url: str, tmp_path: Path
 ) -> None:
