@@ -29,12 +29,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def local_environment(advance_every_seconds: float | None = None) -> Iterator[dict[str, str]]:
     """Fill in the environment with local stand-ins for what is not configured."""
     from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
-    from pipelines.warehouse.embedded import embedded_pgdata, embedded_warehouse
+    from pipelines.warehouse.embedded import (
+        EMBEDDED_DATABASE,
+        SIMULATOR_DATABASE,
+        embedded_pgdata,
+        embedded_warehouse,
+    )
     from pipelines.warehouse.urls import redact
 
     with ExitStack() as stack:
         provided: dict[str, str] = {}
-        if not (os.environ.get("LAAFFIC_API_KEY") and os.environ.get("LAAFFIC_API_SECRET")):
+        simulated = not (os.environ.get("LAAFFIC_API_KEY") and os.environ.get("LAAFFIC_API_SECRET"))
+        if simulated:
             config = SimulatorConfig()
             server = stack.enter_context(
                 SimulatorServer(Simulator(config), advance_every_seconds=advance_every_seconds)
@@ -48,8 +54,11 @@ def local_environment(advance_every_seconds: float | None = None) -> Iterator[di
         else:
             print(f"LAAFFIC API: {os.environ.get('LAAFFIC_BASE_URL', 'https://api.laaffic.com')}")
         if not os.environ.get("WAREHOUSE_URL"):
-            provided["WAREHOUSE_URL"] = stack.enter_context(embedded_warehouse())
-            print(f"warehouse: embedded PostgreSQL ({embedded_pgdata()})")
+            # Made-up tasks in a database of their own: the real API's runs, which use the
+            # embedded `laaffic` when WAREHOUSE_URL is unset, never see them (nor they those).
+            database = SIMULATOR_DATABASE if simulated else EMBEDDED_DATABASE
+            provided["WAREHOUSE_URL"] = stack.enter_context(embedded_warehouse(database=database))
+            print(f"warehouse: embedded PostgreSQL ({embedded_pgdata()}, database {database})")
         else:
             print(f"warehouse: {redact(os.environ['WAREHOUSE_URL'])}")
         provided.setdefault("DAGSTER_HOME", os.environ.get("DAGSTER_HOME") or "")

