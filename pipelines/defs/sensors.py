@@ -26,7 +26,11 @@ from pipelines.defs.schedules import DAILY_SYNC_JOB
 from pipelines.warehouse.queries import open_task_days
 
 REASON_TAG = "laaffic/reason"
-#: The day's state a refresh was requested for: `open-tasks:<day>:after-sync-<latest sync_id>`.
+#: The day's state a refresh was requested for:
+#: `open-tasks:<day>:after-sync-<latest sync_id>@<when it finished, UTC>`. The time tells one
+#: warehouse's sync from another's with the same id: run keys outlive a change of WAREHOUSE_URL
+#: (or the simulator's warehouse under `dev` and a real one, in one instance), and Dagster
+#: launches no run for a key a run already has.
 STATE_TAG = "laaffic/open_tasks_state"
 FAILED_STATUSES = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 
@@ -75,6 +79,8 @@ def open_tasks_sensor(
     notes: list[str] = []
     for d in open_days:
         state = f"open-tasks:{d.day}:after-sync-{d.last_sync_id}"
+        if d.last_synced_at is not None:
+            state += f"@{d.last_synced_at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
         # Dagster launches no second run with a key a run already has, whatever became of it:
         # after failed or canceled refreshes of this state, the key says how many.
         retries = failed[state]

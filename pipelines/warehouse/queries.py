@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 import psycopg
 from psycopg import sql
@@ -170,6 +170,8 @@ class OpenDay:
     day: date
     open_tasks: int
     last_sync_id: int | None
+    #: when that sync finished: with the id, it tells this warehouse's sync from another's
+    last_synced_at: datetime | None = None
 
 
 def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[OpenDay]:
@@ -180,20 +182,22 @@ def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[O
     rows = conn.execute(
         sql.SQL(
             """
-            SELECT o.created_date, o.open_tasks,
-                   (SELECT max(sync_id) FROM group_call_sync_log AS l
-                    WHERE l.window_date = o.created_date)
+            SELECT o.created_date, o.open_tasks, l.sync_id, l.finished_at
             FROM (
                 SELECT created_date, count(*) AS open_tasks FROM group_call_tasks
                 WHERE {is_open} AND created_date BETWEEN %s AND %s
                 GROUP BY created_date
             ) AS o
+            LEFT JOIN LATERAL (
+                SELECT sync_id, finished_at FROM group_call_sync_log
+                WHERE window_date = o.created_date ORDER BY sync_id DESC LIMIT 1
+            ) AS l ON true
             ORDER BY o.created_date
             """
         ).format(is_open=IS_OPEN),
         (since, until),
     ).fetchall()
-    return [OpenDay(day, int(count), sync_id) for day, count, sync_id in rows]
+    return [OpenDay(day, int(count), sync_id, at) for day, count, sync_id, at in rows]
 
 
 def open_tasks_created_before(

@@ -1,5 +1,8 @@
 """Issue 5: in-progress tasks converge; the sensor re-syncs exactly the days that need it."""
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -17,6 +20,7 @@ from dagster import (
     materialize,
 )
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+from psycopg import sql
 
 from pipelines.definitions import defs
 from pipelines.defs.assets import SETTINGS, group_call_tasks
@@ -26,6 +30,7 @@ from pipelines.defs.sensors import STATE_TAG, open_tasks_sensor
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.warehouse.migrate import apply_migrations
+from pipelines.warehouse.urls import with_database
 from tests.defs.helpers import range_tags
 from tests.warehouse.helpers import make_records, write
 
@@ -242,3 +247,46 @@ def test_a_failed_or_canceled_refresh_is_requested_again_under_a_new_run_key(
         third = _request_for(_evaluate(instance, database_url), day)
         assert third.run_key not in (request.run_key, retry.run_key)
         assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: third.run_key or ""}))
+
+
+@contextmanager
+def _another_database(server_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_day_synced_into_another_warehouse_is_refreshed_there_too(
+    simulator: SimulatorServer, database_url: str, pg_server_url: str
+) -> None:
+    """Run keys live in the Dagster instance, sync ids in the warehouse. An instance that served
+    one warehouse (the simulator's, under `dev`) and then serves another (WAREHOUSE_URL now a
+    fresh real one) met the same `<day>:after-sync-<id>` states again: the same days synced in
+    the same order get the same ids. Dagster launches no run for a key a run already has, so the
+    open tasks of those days in the second warehouse were never refreshed."""
+    days = _recent_days(7)
+    with _another_database(pg_server_url) as other, DagsterInstance.ephemeral() as instance:
+        _backfill(instance, _resources(simulator, database_url), days)
+        first = _evaluate(instance, database_url)
+        assert isinstance(first, SensorResult) and first.run_requests
+        job = defs.resolve_job_def(DAILY_SYNC_JOB.name)
+        for request in first.run_requests:  # the refreshes the daemon ran for the first one
+            instance.create_run_for_job(
+                job,
+                status=DagsterRunStatus.SUCCESS,
+                tags={**request.tags, RUN_KEY_TAG: request.run_key or "", SENSOR_NAME_TAG: SENSOR},
+            )
+
+        _backfill(instance, _resources(simulator, other), days)
+        second = _evaluate(instance, other)
+        assert isinstance(second, SensorResult)
+        assert [r.partition_key for r in second.run_requests] == [
+            r.partition_key for r in first.run_requests
+        ]
+        for request in second.run_requests:
+            assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: request.run_key or ""}))
