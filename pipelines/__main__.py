@@ -63,9 +63,22 @@ def local_environment(advance_every_seconds: float | None = None) -> Iterator[di
             print(f"warehouse: {redact(os.environ['WAREHOUSE_URL'])}")
         provided.setdefault("DAGSTER_HOME", os.environ.get("DAGSTER_HOME") or "")
         if not provided["DAGSTER_HOME"]:
-            provided["DAGSTER_HOME"] = str(PROJECT_ROOT / ".dagster_home")
+            provided["DAGSTER_HOME"] = str(local_dagster_home(simulated))
         os.environ.update(provided)
         yield provided
+
+
+def local_dagster_home(simulated: bool) -> Path:
+    """The local Dagster instance: `.dagster_home/` (where the README's commands for the real API
+    keep their runs too), or for the simulator's runs `.dagster_home/simulator/`, so that its
+    made-up days never show as materializations of the real asset. Both use dagster.yaml."""
+    home = PROJECT_ROOT / ".dagster_home"
+    if simulated:
+        home /= "simulator"
+        home.mkdir(exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # (linked already, or by another command)
+            (home / "dagster.yaml").symlink_to(Path("..", "..", "dagster.yaml"))
+    return home
 
 
 def simulated_into_warehouse_refusal() -> str | None:

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from dagster import AssetKey, DagsterRunStatus
 
+from pipelines.__main__ import PROJECT_ROOT, local_environment
 from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
 from pipelines.warehouse.embedded import embedded_postgres_running, embedded_warehouse
 from tests.defs.helpers import (
@@ -201,6 +202,33 @@ def test_the_simulator_and_the_real_api_keep_to_their_own_embedded_database(
         days = [date.fromisoformat(day) for day, *_ in rows]
         with embedded_warehouse(embedded_pgdata) as url:  # what the real API's runs use
             assert stored_tasks(url) == simulated(api, days)
+
+
+def test_the_simulator_keeps_to_a_dagster_instance_of_its_own(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without DAGSTER_HOME, demo and dev recorded their runs in `.dagster_home/` whether the
+    simulator or the real API fed them, and the README's commands for the real API use it too:
+    the simulator's runs showed there as materializations of the real asset (a backfill of the
+    missing partitions skipped their days; the freshness check passed on them)."""
+    names = ("DAGSTER_HOME", "LAAFFIC_API_KEY", "LAAFFIC_API_SECRET", "LAAFFIC_BASE_URL")
+    for name in names:  # (set first, so that teardown restores them: local_environment sets them)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WAREHOUSE_URL", database_url)  # (no embedded PostgreSQL to start)
+    with local_environment() as simulated:
+        simulated_home = Path(simulated["DAGSTER_HOME"])
+    for name in names:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LAAFFIC_API_KEY", "real-key")
+    monkeypatch.setenv("LAAFFIC_API_SECRET", "real-secret")
+    with local_environment() as real:
+        assert "LAAFFIC_BASE_URL" not in real  # (the real API: nothing stands in for it)
+        real_home = Path(real["DAGSTER_HOME"])
+    assert real_home == PROJECT_ROOT / ".dagster_home"  # what the README's commands use
+    assert simulated_home != real_home
+    with open_instance(simulated_home) as instance:  # configured as the project's instance
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
 
 @pytest.mark.parametrize("command", ["demo", "dev"])
