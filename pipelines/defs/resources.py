@@ -57,18 +57,24 @@ class LaafficApiResource(ConfigurableResource):
 
     def get_client(self, logger: Logger | None = None) -> LaafficClient:
         missing = [
-            name
-            for name, value in (
-                ("LAAFFIC_API_KEY", self.api_key),
-                ("LAAFFIC_API_SECRET", self.api_secret),
+            (field, name)
+            for field, name, value in (
+                ("api_key", "LAAFFIC_API_KEY", self.api_key),
+                ("api_secret", "LAAFFIC_API_SECRET", self.api_secret),
             )
             if not value
         ]
         if missing:
+            # Either unset at load, or dropped by config given at launch for this resource, which
+            # replaces every value the definitions gave it (a launchpad's max_concurrency, say).
+            names = ", ".join(name for _, name in missing)
+            fields = ", ".join(f"{field}: {{env: {name}}}" for field, name in missing)
             raise LaafficConfigError(
-                f"cannot call the LAAFFIC API: {', '.join(missing)} not set. Set them in the "
-                "environment of the Dagster code location and reload it (or run "
-                "`python -m pipelines dev` to use the local simulator)."
+                f"cannot call the LAAFFIC API without {names}. Set them in the environment of "
+                "the Dagster code location and reload it (or run `python -m pipelines dev` to "
+                "use the local simulator). If they are set, the run's config for the resource "
+                "`laaffic` left them out: config given at launch replaces all the values the "
+                f"definitions give it, so give them there too ({fields}), and base_url."
             )
         return LaafficClient(
             self.base_url,

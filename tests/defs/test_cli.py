@@ -5,6 +5,7 @@ warehouse)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from datetime import date, timedelta
@@ -18,6 +19,7 @@ from pipelines.__main__ import PROJECT_ROOT, local_environment
 from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
 from pipelines.warehouse.embedded import embedded_postgres_running, embedded_warehouse
 from tests.defs.helpers import (
+    SIM_SECRET,
     clean_env,
     days_between,
     make_dagster_home,
@@ -133,6 +135,41 @@ def test_cli_run_without_credentials_fails_at_once_naming_them(
         ]
         assert "STEP_FAILURE" in events
         assert "STEP_UP_FOR_RETRY" not in events  # failed at once, not after the retry policy
+
+
+def test_a_run_configuring_the_api_resource_names_what_its_config_must_hold(
+    simulator: SimulatorServer, database_url: str, tmp_path: Path
+) -> None:
+    """Config given at launch for the resource `laaffic` (max_concurrency, say, from the
+    launchpad) replaces every value the definitions gave it: the credentials and the base URL.
+    The run said LAAFFIC_API_KEY and LAAFFIC_API_SECRET were not set, while they were."""
+    env = sim_env(simulator, database_url, make_dagster_home(tmp_path / "home"))
+    only = {"max_concurrency": 8}
+    result = run_dagster(
+        [*MATERIALIZE, "--partition", "2024-06-04", "--config-json", _resource_config(only)], env
+    )
+    assert result.returncode != 0, _output(result)
+    output = result.stdout + result.stderr
+    assert "config given at launch" in output, _output(result)
+    assert SIM_SECRET not in output
+
+    # As the message says: with the credentials and the base URL, the run does what it did.
+    complete = {
+        **only,
+        "base_url": simulator.url,
+        "api_key": {"env": "LAAFFIC_API_KEY"},
+        "api_secret": {"env": "LAAFFIC_API_SECRET"},
+    }
+    result = run_dagster(
+        [*MATERIALIZE, "--partition", "2024-06-04", "--config-json", _resource_config(complete)],
+        env,
+    )
+    assert result.returncode == 0, _output(result)
+    assert stored_tasks(database_url) == simulated(simulator, [date(2024, 6, 4)])
+
+
+def _resource_config(config: dict[str, object]) -> str:
+    return json.dumps({"resources": {"laaffic": {"config": config}}})
 
 
 SUMMARY_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2})\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$", re.MULTILINE)
