@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -75,12 +75,20 @@ class Settings:
         except ValueError:
             raise ValueError(f"LAAFFIC_START_DATE={start!r} is not a date (YYYY-MM-DD)") from None
         cron = os.getenv("LAAFFIC_FRESHNESS_DEADLINE_CRON") or DEFAULT_FRESHNESS_DEADLINE_CRON
-        from dagster._utils.schedules import is_valid_cron_string  # the rule Dagster applies
+        from dagster._utils.schedules import (  # the rules Dagster applies
+            get_smallest_cron_interval,
+            is_valid_cron_string,
+        )
 
         if not is_valid_cron_string(cron):
             raise ValueError(
                 f"LAAFFIC_FRESHNESS_DEADLINE_CRON={cron!r} is not a cron expression "
                 "(e.g. '0 3 * * *': 03:00 every day)"
+            )
+        if get_smallest_cron_interval(cron) < timedelta(days=1):
+            raise ValueError(
+                f"LAAFFIC_FRESHNESS_DEADLINE_CRON={cron!r} ticks more than once a day: it is the "
+                "time by which yesterday's partition must be there (e.g. '0 3 * * *': 03:00)"
             )
         return cls(
             timezone=timezone,

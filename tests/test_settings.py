@@ -59,6 +59,10 @@ def test_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LAAFFIC_START_DATE", "2024-13-01", "is not a date (YYYY-MM-DD)"),
         ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "bogus", "is not a cron expression"),
         ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "0 25 * * *", "is not a cron expression"),
+        # A deadline for yesterday's partition: Dagster refused a cron policy ticking more often
+        # than its 3-hour window (a CheckError at load naming no variable).
+        ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "0 * * * *", "ticks more than once a day"),
+        ("LAAFFIC_FRESHNESS_DEADLINE_CRON", "0 3,15 * * *", "ticks more than once a day"),
         ("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "hourly", "is not a whole number"),
         ("LAAFFIC_OPEN_TASKS_HORIZON_DAYS", "0", "must be at least 1"),
         # Without a scheme requests refused it on every request (InvalidSchema, MissingSchema),

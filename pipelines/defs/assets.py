@@ -2,7 +2,8 @@
 
 import warnings
 from collections.abc import Generator
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from dagster import (
     AssetExecutionContext,
@@ -22,6 +23,7 @@ from dagster import (
     TableSchema,
     asset,
 )
+from dagster._utils.schedules import cron_string_iterator
 
 from pipelines.defs.resources import API_POOL, LaafficApiResource, WarehouseResource
 from pipelines.laaffic.errors import (
@@ -47,6 +49,22 @@ def daily_partitions(timezone: str, start_date: date) -> DailyPartitionsDefiniti
 DAILY_PARTITIONS = daily_partitions(SETTINGS.timezone, SETTINGS.start_date)
 
 
+def freshness_policy(deadline_cron: str, timezone: str) -> FreshnessPolicy:
+    """Fresh at each deadline tick if materialized since the account's midnight before it, when
+    yesterday's partition came to be: Dagster looks back `lower_bound_delta` from the tick, so
+    that is the tick's time of day (at least the minute Dagster requires)."""
+    zone = ZoneInfo(timezone)
+    start = datetime(2024, 1, 1, tzinfo=zone)  # (a day no zone changed its offset)
+    tick = next(cron_string_iterator(start.timestamp(), deadline_cron, timezone))
+    midnight = datetime.combine(tick.date(), time.min, zone)
+    since_midnight = timedelta(seconds=tick.timestamp() - midnight.timestamp())
+    return FreshnessPolicy.cron(
+        deadline_cron=deadline_cron,
+        lower_bound_delta=max(since_midnight, timedelta(minutes=1)),
+        timezone=timezone,
+    )
+
+
 @asset(  # backfill_policy is beta in dagster 1.13; single-run range backfills rely on it
     name=TABLE,
     group_name="laaffic",
@@ -62,11 +80,7 @@ DAILY_PARTITIONS = daily_partitions(SETTINGS.timezone, SETTINGS.start_date)
     retry_policy=RetryPolicy(
         max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
     ),
-    freshness_policy=FreshnessPolicy.cron(
-        deadline_cron=SETTINGS.freshness_deadline_cron,
-        lower_bound_delta=timedelta(hours=3),
-        timezone=SETTINGS.timezone,
-    ),
+    freshness_policy=freshness_policy(SETTINGS.freshness_deadline_cron, SETTINGS.timezone),
     metadata={"dagster/table_name": TABLE, "account_timezone": SETTINGS.timezone},
 )
 def group_call_tasks(

@@ -18,7 +18,7 @@ from dagster import (
     materialize,
 )
 
-from pipelines.defs.assets import SETTINGS, group_call_tasks
+from pipelines.defs.assets import SETTINGS, freshness_policy, group_call_tasks
 from pipelines.defs.checks import (
     freshness_checks,
     no_new_rejects,
@@ -28,7 +28,7 @@ from pipelines.defs.checks import (
 )
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
-from tests.defs.helpers import days_between, range_tags, resources
+from tests.defs.helpers import clean_env, days_between, range_tags, resources, run_python
 from tests.laaffic.helpers import repeat_some_rows
 
 DATA_CHECKS = [row_count_matches_api, no_new_rejects, task_invariants_hold]
@@ -124,6 +124,40 @@ def test_freshness_fails_for_a_stale_partition_and_passes_once_materialized(
         fresh = _freshness(simulator, database_url, instance)
         assert fresh.passed
         assert _expected_partition(fresh.description) == expected
+
+
+@pytest.mark.parametrize(
+    ("deadline", "since_midnight"),
+    [
+        ("0 3 * * *", timedelta(hours=3)),
+        ("0 9 * * *", timedelta(hours=9)),
+        ("30 6 * * 1-5", timedelta(hours=6, minutes=30)),
+        ("0 0 * * *", timedelta(minutes=1)),  # (Dagster's least)
+    ],
+)
+def test_the_asset_freshness_window_opens_when_the_day_ends(
+    deadline: str, since_midnight: timedelta
+) -> None:
+    """The asset's cron FreshnessPolicy passes at a deadline tick if the asset was materialized
+    within `lower_bound_delta` before it. That was 3 hours whatever the deadline: right for the
+    default 03:00, but for LAAFFIC_FRESHNESS_DEADLINE_CRON='0 9 * * *' the window was 06:00-09:00,
+    which the 00:15 schedule's run never falls in: the UI showed the asset stale every day. It
+    now opens at the account's midnight, when yesterday's partition came to be."""
+    policy = freshness_policy(deadline, "America/Los_Angeles")
+    assert policy.deadline_cron == deadline
+    assert policy.timezone == "America/Los_Angeles"
+    assert policy.lower_bound_delta == since_midnight
+
+
+def test_the_asset_takes_its_freshness_window_from_the_deadline_setting() -> None:
+    code = (
+        "from pipelines.defs.assets import group_call_tasks as a; "
+        "print(next(iter(a.specs)).freshness_policy.lower_bound_delta)"
+    )
+    env = clean_env(LAAFFIC_FRESHNESS_DEADLINE_CRON="0 9 * * *")
+    result = run_python(["-c", code], env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "9:00:00"
 
 
 # -- data checks --------------------------------------------------------------------------------
