@@ -169,10 +169,12 @@ def dev(port: int) -> int:
             file=sys.stderr,
         )
         return 2
-    # Locally, in-progress tasks move on every 2 minutes and the open-tasks sensor looks every
-    # minute, so its refreshes show up in the UI within minutes (hourly in production).
-    os.environ.setdefault("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "60")
     with local_environment(advance_every_seconds=120) as provided:
+        if "LAAFFIC_API_KEY" in provided:
+            # On the simulator in-progress tasks move on every 2 minutes and the open-tasks
+            # sensor looks every minute, so its refreshes show up in the UI within minutes. The
+            # real API's (with credentials) are re-read hourly, as in production.
+            os.environ.setdefault("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "60")
         print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it and what this started)")
         command = [
             sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),

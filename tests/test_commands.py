@@ -15,8 +15,16 @@ import psutil
 import pytest
 import requests
 
+from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.warehouse.embedded import embedded_postgres_running
-from tests.defs.helpers import clean_env, free_port, make_dagster_home, run_python
+from tests.defs.helpers import (
+    SIM_KEY,
+    SIM_SECRET,
+    clean_env,
+    free_port,
+    make_dagster_home,
+    run_python,
+)
 from tests.reliability.helpers import Process
 
 
@@ -263,3 +271,48 @@ def test_ctrl_c_stops_dev_gracefully_when_it_was_started_with_sigint_ignored(
     finally:
         process.stop(signal.SIGINT, grace=30)
         _kill_session(dagster_dev)
+
+
+#: `python -m pipelines dev ARGS` with `dagster dev` replaced by a process that exits at once,
+#: printing the open-tasks sensor's interval in the environment `dagster dev` would have got.
+_INTERVAL_GIVEN_TO_DAGSTER_DEV = """
+import subprocess, sys
+import pipelines.__main__ as command
+
+popen = subprocess.Popen
+
+def dagster_dev(args, env, **kwargs):
+    print("interval:", env.get("LAAFFIC_OPEN_TASKS_INTERVAL_SECONDS", "unset"), flush=True)
+    return popen([sys.executable, "-c", "pass"], env=env, **kwargs)
+
+command._port_in_use = lambda port: False
+command.subprocess.Popen = dagster_dev
+sys.exit(command.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_dev_follows_open_tasks_every_minute_only_on_the_simulator(
+    simulator: SimulatorServer, database_url: str, tmp_path: Path
+) -> None:
+    """Locally the open-tasks sensor looks every minute, since the simulator moves tasks on every
+    2 minutes. With credentials `dev` reads the real API, and it still set that: every day with
+    open tasks was re-read every minute instead of hourly (README, and the API's undocumented
+    rate limits)."""
+    home = str(make_dagster_home(tmp_path / "home"))
+    real = clean_env(
+        DAGSTER_HOME=home,
+        WAREHOUSE_URL=database_url,
+        LAAFFIC_BASE_URL=simulator.url,
+        LAAFFIC_API_KEY=SIM_KEY,
+        LAAFFIC_API_SECRET=SIM_SECRET,
+    )
+    result = run_python(["-c", _INTERVAL_GIVEN_TO_DAGSTER_DEV, "dev"], real, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "interval: unset" in result.stdout, result.stdout  # the default: hourly
+
+    simulated = clean_env(DAGSTER_HOME=home, WAREHOUSE_URL=database_url)
+    args = ["-c", _INTERVAL_GIVEN_TO_DAGSTER_DEV, "dev", "--simulated-into-warehouse"]
+    result = run_python(args, simulated, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "interval: 60" in result.stdout, result.stdout
