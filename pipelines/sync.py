@@ -224,6 +224,7 @@ def sync_days(
         return synced
 
     error: BaseException | None = None
+    finished = False  # every day read and written: no read of this sync is left
     #: A day being only logged (see below), while the sync waits for it.
     being_logged: Future[DaySync | None] | None = None
     try:
@@ -317,6 +318,7 @@ def sync_days(
             while writes:
                 yield (synced := written())
                 progress.add(synced)
+            finished = True
         except GeneratorExit:  # the caller stopped iterating: nothing more may be yielded
             raise
         except Exception as exc:  # a read, a normalisation or a write failed
@@ -348,8 +350,9 @@ def sync_days(
         for *_, read in reads:
             read.cancel()
         # Days still being read are not wanted: stop their requests and back-offs at once
-        # (in an outage, their retries would take minutes to run out).
-        with client.reads_stopped() if reads else nullcontext():
+        # (in an outage, their retries would take minutes to run out). Not only those read
+        # ahead: the day waited for (a one-day run's only one) has left `reads` already.
+        with client.reads_stopped() if not finished else nullcontext():
             writer.shutdown(wait=True, cancel_futures=True)
             fetchers.shutdown(wait=True, cancel_futures=True)
 

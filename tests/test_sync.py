@@ -464,3 +464,30 @@ def test_leaving_a_sync_stops_the_other_days_reads_instead_of_waiting_out_their_
         sim.query = answer  # type: ignore[method-assign]
         assert [s.day for s in sync_days(client, conn, ahead, time_zone=TZ)] == ahead
     assert asked[str(failing)] == 1  # nothing was left retrying once the client closed
+
+
+def test_a_stopped_sync_stops_the_read_it_is_waiting_for_too(
+    simulator: SimulatorServer, conn: psycopg.Connection
+) -> None:
+    """The day the sync waits for is no longer among those read ahead: stopped while that read
+    backs off in an outage (a one-day run, the schedule's, terminated from the UI; or the last
+    day of a range), it stops as theirs do instead of running out its retries."""
+    sim = simulator.simulator
+    answer = sim.query
+    asked: list[str] = []
+
+    def query(q: dict[str, Any]) -> bytes:
+        asked.append(q["start"][:10])
+        if len(asked) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # stopped while the read backs off
+        return b'{"code":-18,"msg":"system exception","data":null}'
+
+    sim.query = query  # type: ignore[method-assign]
+    with LaafficClient(
+        simulator.url, "sim-key", "sim-secret", backoff_base_seconds=3.0, max_attempts=3
+    ) as client:
+        with pytest.raises(KeyboardInterrupt):
+            sync_day(client, conn, DAY, time_zone=TZ)
+        assert asked == [str(DAY)]  # its retry, 1.5-3 s later, was never sent
+        sim.query = answer  # type: ignore[method-assign]
+        assert sync_day(client, conn, DAY, time_zone=TZ).write.inserted > 0
