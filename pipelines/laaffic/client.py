@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -766,9 +767,18 @@ def _envelope_by_json_module(content: bytes, exc: ValidationError) -> ApiRespons
     if not any(error["type"] == "json_invalid" for error in exc.errors()):
         return None
     try:
-        return ApiResponse.model_validate(json.loads(content))
+        return ApiResponse.model_validate(json.loads(content, parse_int=_json_int))
     except (ValueError, RecursionError, ValidationError):  # not JSON, or nested past any use
         return None
+
+
+def _json_int(digits: str) -> int | str:
+    """A JSON integer as `json` reads it, but one of more digits than Python's int() takes
+    (4,300 by default; pydantic-core's parser refuses those too, "number out of range") as the
+    text of its digits: the normaliser refuses it as out of range, as it does the same digits
+    sent as text, rather than the page failing on every attempt. `raw` holds it as that text."""
+    limit = sys.get_int_max_str_digits()  # (0: none)
+    return digits if limit and len(digits.lstrip("-")) > limit else int(digits)
 
 
 def _refusal(content: bytes) -> ApiResponse | None:
@@ -780,7 +790,7 @@ def _refusal(content: bytes) -> ApiResponse | None:
         status = ApiStatus.model_validate_json(content)
     except ValidationError:
         try:
-            status = ApiStatus.model_validate(json.loads(content))
+            status = ApiStatus.model_validate(json.loads(content, parse_int=_json_int))
         except (ValueError, RecursionError, ValidationError):
             return None
     if status.code_int == 0:

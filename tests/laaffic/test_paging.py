@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -403,3 +404,35 @@ def test_a_record_with_an_unpaired_surrogate_escape_is_read_not_the_page_failed(
     assert [(r.task_id, r.field) for r in window.rejects] == [(7_000_500, "taskName")]
     assert "unpaired" in window.rejects[0].error
     assert len(window) == 31
+
+
+def test_a_json_integer_of_thousands_of_digits_is_a_reject_not_the_page_failed(
+    serve: Serve,
+) -> None:
+    """`"numCnt": 999…` with more than 4,300 digits as a JSON number, not text: pydantic-core's
+    parser refuses it ("number out of range") and Python's json, whose int() has that limit, did
+    too, so the page was "not the documented JSON envelope" on every attempt and the day was
+    never stored. It is read as the text of its digits: the normaliser refuses it as out of
+    range, like the same digits sent as text (a taskId so: the record kept whole as a reject)."""
+    server = serve(SimulatorConfig(day_counts={DAY: 30}))
+    store = server.simulator.store
+    huge = b"9" * 5000
+    for task_id, field in ((7_000_600, "numCnt"), (7_000_601, "taskId")):
+        odd = dict(store.day(DAY)[0].record, taskId=task_id, taskName=f"huge {field}")
+        store.add_raw(DAY, odd)
+        task = next(t for t in store.day(DAY) if t.record is odd)
+        if field == "numCnt":
+            task.encoded = re.sub(rb'"numCnt":\d+', b'"numCnt":' + huge, task.encoded)
+        else:
+            task.encoded = task.encoded.replace(b'"taskId":7000601', b'"taskId":' + huge)
+        assert huge in task.encoded
+
+    result = make_client(server, max_attempts=2).fetch_window(day_window())
+
+    assert len(result.records) == 32
+    window = normalise_records(result.records)
+    assert len(window) == 31
+    refused = {(r.task_id, r.field): r.error for r in window.rejects}
+    assert set(refused) == {(7_000_600, "numCnt"), (None, "taskId")}
+    assert "out of range for int" in refused[7_000_600, "numCnt"]
+    assert "out of range for bigint" in refused[None, "taskId"]
