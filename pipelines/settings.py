@@ -12,7 +12,9 @@ from datetime import date, timedelta
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipelines.laaffic.client import DEFAULT_BASE_URL
+import requests
+
+from pipelines.laaffic.client import DEFAULT_BASE_URL, QUERY_PATH
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_START_DATE = date(2024, 1, 1)
@@ -35,12 +37,14 @@ def _int_env(name: str, default: int) -> int:
 
 
 def _http_url(name: str, value: str) -> str:
-    """`value` if it is an http(s) URL with a host: requests refuses anything else on every
-    request, an error the run would retry as if the API were down."""
+    """`value` if it is an http(s) URL with a host that requests can send to: it refuses
+    anything else on every request, an error the run would retry as if the API were down."""
     try:
         parts = urlsplit(value)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unclosed [IPv6 address
+        _ = parts.port  # a port that is no number, or past 65535
+        requests.Request("POST", value.rstrip("/") + QUERY_PATH).prepare()  # (a host "a b")
+    except ValueError:  # e.g. an unclosed [IPv6 address; requests' InvalidURL is one too
         ok = False
     if not ok:
         raise ValueError(f"{name}={value!r} is not an http(s) URL (e.g. {DEFAULT_BASE_URL})")

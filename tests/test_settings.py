@@ -71,6 +71,10 @@ def test_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LAAFFIC_BASE_URL", "127.0.0.1:8765", "is not an http(s) URL"),
         ("LAAFFIC_BASE_URL", "ftp://api.laaffic.com", "is not an http(s) URL"),
         ("LAAFFIC_BASE_URL", "https://", "is not an http(s) URL"),
+        # A scheme and a host, but a URL requests cannot prepare (InvalidURL, on every request).
+        ("LAAFFIC_BASE_URL", "http://127.0.0.1:abc", "is not an http(s) URL"),
+        ("LAAFFIC_BASE_URL", "http://127.0.0.1:99999", "is not an http(s) URL"),
+        ("LAAFFIC_BASE_URL", "https://api laaffic.com", "is not an http(s) URL"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_variable(
