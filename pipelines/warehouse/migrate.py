@@ -51,8 +51,13 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
 def _log_raised_notice(diag: psycopg.errors.Diagnostic) -> None:
     """A migration's own RAISE NOTICE (what a DBA must do, e.g. create the reader role) goes to
     the log as a warning: psycopg drops notices that no handler takes. The notices PostgreSQL
-    sends for idempotent DDL ("already exists, skipping") carry no RAISE context and are not."""
-    if (diag.context or "").rstrip().endswith("at RAISE"):
+    sends for idempotent DDL ("already exists, skipping") carry no RAISE context and are not.
+
+    The context's first line is where it was raised ("PL/pgSQL function ... line 3 at RAISE";
+    callers follow), in the server's language but for the statement's name, which ends it in
+    every translation ("... Zeile 3 bei RAISE")."""
+    where = (diag.context or "").splitlines()[:1]
+    if where and where[0].rstrip().endswith(" RAISE"):
         log.warning("migration: %s", diag.message_primary)
 
 

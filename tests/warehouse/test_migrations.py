@@ -624,3 +624,35 @@ def test_a_database_first_migrated_by_the_earliest_version_is_brought_up_to_date
     apply_migrations(conn)
     conn.execute("RESET search_path")
     assert _shape(conn, "public") == _shape(conn, "fresh")
+
+
+def test_a_notice_a_migration_raises_is_logged_wherever_plpgsql_raises_it(
+    conn: psycopg.Connection, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A migration's RAISE NOTICE is logged as a warning whether the DO block raises it or a
+    function it calls does: the innermost line of the notice's context names the RAISE, the
+    outermost the caller ("... at PERFORM"). Only that innermost line's last word is looked at:
+    the rest of the line is in the server's language (German: "... Zeile 3 bei RAISE"), so the
+    English "at RAISE" missed every notice of a server whose lc_messages is not English. The
+    "already exists, skipping" notices of idempotent DDL have no such context and are not."""
+    (tmp_path / "001_notices.sql").write_text(
+        """
+        CREATE TABLE IF NOT EXISTS notices_probe (a int);
+        CREATE TABLE IF NOT EXISTS notices_probe (a int);
+        CREATE FUNCTION pg_temp.tell() RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE NOTICE 'from a function';
+        END
+        $$;
+        DO $$
+        BEGIN
+            RAISE NOTICE 'from the block';
+            PERFORM pg_temp.tell();
+        END
+        $$;
+        """
+    )
+    with caplog.at_level("WARNING", logger="pipelines.warehouse.migrate"):
+        assert apply_migrations(conn, tmp_path) == ["001_notices.sql"]
+    said = [r.getMessage() for r in caplog.records if r.name == "pipelines.warehouse.migrate"]
+    assert said == ["migration: from the block", "migration: from a function"]
