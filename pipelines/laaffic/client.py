@@ -679,9 +679,9 @@ class LaafficClient:
                 # task and skips another. Pieces that fit on one page have no boundary: reading
                 # them finds any task skipped. What is still short of `total` is repeated rows.
                 pages_read += self._read_in_one_page_pieces(
-                    window, filters, stats, by_id, latest_total, len(unkeyed)
+                    window, filters, stats, by_id, pass_ids, latest_total, len(unkeyed)
                 )
-                upstream_dups = max(0, latest_total - (len(by_id) + len(unkeyed)))
+                upstream_dups = max(0, latest_total - (len(pass_ids) + len(unkeyed)))
                 break
         stats.api_total += latest_total
         stats.pages += pages_read
@@ -701,14 +701,18 @@ class LaafficClient:
         filters: dict[str, Any],
         stats: FetchStats,
         by_id: dict[Any, dict[str, Any]],
+        seen: set[int],
         total: int,
         unkeyed: int,
     ) -> int:
         """Read `window` again in pieces that each fit on one page, halving it by creation time,
-        and add their keyed records to `by_id` (unkeyed ones are kept already); return the pages
-        read. A one-second piece holding more than a page is read page by page (nothing smaller
-        can be asked for). Stops once every task is known; what is still short of `total` when
-        every piece has been read is repeated rows.
+        and add their keyed records to `by_id` and their ids to `seen` (the tasks the last pass
+        read; unkeyed ones are kept already); return the pages read. A one-second piece holding
+        more than a page is read page by page (nothing smaller can be asked for). Stops once
+        `seen` accounts for `total`; what is still short when every piece has been read is
+        repeated rows. Not `by_id`: it holds what earlier passes read, tasks deleted since too,
+        which would make up for a task that no read has found yet (as for a pass, see
+        `_fetch_piece`).
 
         Bounded: the pieces too big for a page at one depth are disjoint and hold more than a
         page each, so there are fewer of them than the window has pages, and each is split once.
@@ -723,11 +727,11 @@ class LaafficClient:
         known = len(by_id)
         pieces = [window]
         pages = 0
-        while pieces and len(by_id) < keyed_total:
+        while pieces and len(seen) < keyed_total:
             if pages >= budget:
                 raise LaafficIncompleteWindowError(
                     f"window {window}: the API reports {total} tasks; reading it in pieces that "
-                    f"fit on one page found {len(by_id) + unkeyed} distinct ones and was not "
+                    f"fit on one page found {len(seen) + unkeyed} distinct ones and was not "
                     f"done after {pages} requests, more than a listing consistent with its "
                     "`total` needs (its answers for parts of the window contradict the whole); "
                     "refusing to store a partial window"
@@ -735,7 +739,8 @@ class LaafficClient:
             piece = pieces.pop()
             (page,) = self._read_pages(piece, range(1, 2), filters, stats, sequential=True)
             pages += 1
-            by_id.update(_keyed(page))
+            by_id.update(keyed := _keyed(page))
+            seen.update(keyed)
             seconds = (piece.end - piece.start) // timedelta(seconds=1)
             if page.total <= self.page_size:
                 continue
@@ -746,7 +751,8 @@ class LaafficClient:
                 continue
             later = min(math.ceil(page.total / self.page_size) - 1, budget - pages)
             for page in self._read_pages(piece, range(2, 2 + later), filters, stats, True):
-                by_id.update(_keyed(page))
+                by_id.update(keyed := _keyed(page))
+                seen.update(keyed)
                 pages += 1
         if len(by_id) > known:
             self.log.warning(

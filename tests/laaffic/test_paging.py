@@ -436,3 +436,40 @@ def test_a_json_integer_of_thousands_of_digits_is_a_reject_not_the_page_failed(
     assert set(refused) == {(7_000_600, "numCnt"), (None, "taskId")}
     assert "out of range for int" in refused[7_000_600, "numCnt"]
     assert "out of range for bigint" in refused[None, "taskId"]
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_tasks_a_page_boundary_skips_are_found_though_a_task_read_earlier_was_deleted(
+    serve: Serve, concurrency: int
+) -> None:
+    """Every pass skips the same tasks at the page boundaries (same-second ordering) and repeats
+    others, and a task the first pass read is deleted before the second: the second pass is
+    stable, so the window is read in one-page pieces. Those stopped once the tasks of every
+    pass, the deleted one too, numbered the latest `total`: one skipped task made up for by a
+    deleted one was never looked for, and the window was stored without it, repeats none. The
+    pieces now look until the tasks read since that pass account for the `total` (as a pass
+    must, for itself)."""
+    server = serve(SimulatorConfig(day_counts={DAY: 300}))
+    sim, store = server.simulator, server.simulator.store
+    newest_first = [t.task_id for t in store.window(f"{DAY} 00:00:00", f"{DAY} 23:59:59")]
+    oldest = newest_first[-1]  # read by the first pass (on page 3); deleting it moves no other
+    skip_across_page_boundaries(store)
+    query = sim.query
+    lock = threading.Lock()
+    calls = 0
+
+    def deleting(q: dict[str, Any]) -> bytes:
+        nonlocal calls
+        with lock:
+            calls += 1
+            if calls == 4:  # the second pass's page 1
+                store.delete(DAY, oldest)
+            return query(q)
+
+    sim.query = deleting  # type: ignore[method-assign]
+
+    result = make_client(server, max_concurrency=concurrency).fetch_window(day_window())
+
+    got = set(_ids(result.records))
+    assert set(_ids(store.all_tasks([DAY]))) <= got
+    assert result.stats.upstream_duplicates == 0
