@@ -391,8 +391,10 @@ class LaafficClient:
         try:
             yield
         finally:
-            self.close()
-            self._stopping.clear()
+            try:
+                self.close()
+            finally:  # (a second interrupt while waiting must not leave it stopped for good)
+                self._stopping.clear()
 
     def __enter__(self) -> LaafficClient:
         return self

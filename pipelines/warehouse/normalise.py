@@ -533,7 +533,7 @@ def _absent_fields_warning(records: Sequence[dict[str, Any]]) -> str | None:
     """One line naming the optional fields some records lack, or None if none does. Such a field
     is stored as NULL, not refused (the API may leave out what it has no value for), but a field
     the API stopped sending, renamed say, must not turn a column NULL without a word."""
-    lacking = [record for record in records if not record.keys() >= _FIELD_SET]
+    lacking = [record for record in records if not record.keys() >= _OPTIONAL_FIELDS]
     parts = []
     for field in FIELDS:
         without = [record for record in lacking if field.api_name not in record]
@@ -551,7 +551,7 @@ def _absent_fields_warning(records: Sequence[dict[str, Any]]) -> str | None:
     )
 
 
-_FIELD_SET = frozenset(_FIELD_NAMES)
+_OPTIONAL_FIELDS = frozenset(f.api_name for f in FIELDS if not f.required)
 
 
 def normalise_records(

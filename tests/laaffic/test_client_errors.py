@@ -17,6 +17,7 @@ from pipelines.laaffic.errors import (
     LaafficHttpError,
     LaafficIpRestrictedError,
     LaafficParameterError,
+    LaafficReadStoppedError,
     LaafficRetriesExhaustedError,
     LaafficSystemError,
     LaafficTransportError,
@@ -288,3 +289,24 @@ def test_code_zero_as_a_string_is_success(serve: Serve) -> None:
 )
 def test_the_envelope_reads_code_as_number_or_string(raw: bytes, code: int | None) -> None:
     assert ApiResponse.model_validate_json(raw).code_int == code
+
+
+def test_reads_stopped_refuses_requests_and_the_client_reads_again_after_it(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve(SimulatorConfig())
+    client = make_client(server)
+    with client.reads_stopped(), pytest.raises(LaafficReadStoppedError, match="not sent"):
+        client.fetch_window(day_window())
+    assert server.simulator.stats.requests == 0
+    # A second interrupt while it waits for the requests in flight: still usable afterwards.
+    close = client.close
+
+    def interrupted_close() -> None:
+        monkeypatch.setattr(client, "close", close)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt), client.reads_stopped():
+        pass
+    assert client.fetch_window(day_window()).records

@@ -440,9 +440,10 @@ def test_optional_fields_absent_from_records_are_named_in_one_warning() -> None:
     del records[2]["scriptId"]
     del records[2]["acd"]
     records[3]["numCnt"] = None  # sent, as null: nothing to say
+    del records[0]["agentFee"]  # required: a reject of its own, not counted here
     warnings: list[str] = []
     window = normalise_records(records, log=warnings.append)
-    assert window.rejects == []
+    assert [(r.task_id, r.field) for r in window.rejects] == [(records[0]["taskId"], "agentFee")]
     assert warnings == [
         "2 of 4 records lack documented fields, stored as NULL: scriptId (2 records, e.g. "
         f"task {records[1]['taskId']}), acd (1 record, e.g. task {records[2]['taskId']}); "
