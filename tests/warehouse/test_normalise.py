@@ -444,7 +444,7 @@ def test_optional_fields_absent_from_records_are_named_in_one_warning() -> None:
     warnings: list[str] = []
     window = normalise_records(records, log=warnings.append)
     assert [(r.task_id, r.field) for r in window.rejects] == [(records[0]["taskId"], "agentFee")]
-    assert warnings == [
+    assert [w for w in warnings if not w.startswith("rejected agentFee")] == [
         "2 of 4 records lack documented fields, stored as NULL: scriptId (2 records, e.g. "
         f"task {records[1]['taskId']}), acd (1 record, e.g. task {records[2]['taskId']}); "
         "if the API renamed a field, its new name is in raw"
