@@ -278,7 +278,7 @@ def sync_days(
                     logged.set_result(shortcut)
                     writes.append(logged)
                 else:
-                    records, payloads, hashes, skipped = _changed_records(
+                    records, payloads, hashes, skipped, compared_with = _changed_records(
                         on_writer, conn, day, time_zone, fetched.records, compare=stored_before
                     )
                     normalised = normalise_records(
@@ -292,6 +292,7 @@ def sync_days(
                         started: datetime = started,
                         clock: float = clock,
                         skipped: int = skipped,
+                        compared_with: int | None = compared_with,
                         first_load: bool = not stored_before,
                     ) -> DaySync:
                         result = write_window(
@@ -304,6 +305,7 @@ def sync_days(
                             started_at=started,
                             run_id=run_id,
                             skipped_unchanged=skipped,
+                            compared_with=compared_with,
                             first_load=first_load,
                             window_digest=fetched.digest,
                         )
@@ -358,26 +360,29 @@ def sync_days(
 
 
 def _changed_records(
-    on_writer: Callable[..., Future[list[bool]]],
+    on_writer: Callable[..., Future[tuple[list[bool], int | None]]],
     conn: psycopg.Connection,
     day: date,
     time_zone: str,
     records: list[dict[str, Any]],
     *,
     compare: bool,
-) -> tuple[list[dict[str, Any]], list[bytes], list[bytes], int]:
-    """The records to parse and write, their payloads and hashes, and how many were skipped:
-    with `compare`, those whose hash equals the one stored for their task are left out (the
-    lookup runs on the writer thread, which alone uses `conn`)."""
+) -> tuple[list[dict[str, Any]], list[bytes], list[bytes], int, int | None]:
+    """The records to parse and write, their payloads and hashes, how many were skipped, and
+    what they were compared with (for `write_window`): with `compare`, those whose hash equals
+    the one stored for their task are left out (the lookup runs on the writer thread, which
+    alone uses `conn`)."""
     payloads = raw_payloads(records)
     hashes = fingerprints(payloads)
     if not compare:
-        return records, payloads, hashes, 0
-    same = on_writer(unchanged_records, conn, day, time_zone, records, hashes).result()
+        return records, payloads, hashes, 0, None
+    same, compared_with = on_writer(
+        unchanged_records, conn, day, time_zone, records, hashes
+    ).result()
     changed = [i for i, keep in enumerate(same) if not keep]
     skipped = len(records) - len(changed)
     if skipped:
         records = [records[i] for i in changed]
         payloads = [payloads[i] for i in changed]
         hashes = [hashes[i] for i in changed]
-    return records, payloads, hashes, skipped
+    return records, payloads, hashes, skipped, compared_with

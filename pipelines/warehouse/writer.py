@@ -2,6 +2,8 @@
 upsert into `group_call_tasks`, the window's rejects, and its sync-log row.
 
 A failure anywhere rolls the whole window back, so a window is either fully written or as it was.
+Writes of the same day are serialised by a lock on the day in PostgreSQL (`_LOCK_DAY`), whatever
+the Dagster instance's pools allow.
 """
 
 from __future__ import annotations
@@ -80,6 +82,21 @@ _COPY_TABLE = sql.SQL("COPY group_call_tasks ({columns}) FROM STDIN (FORMAT csv)
 _COPY_FINGERPRINTS = (
     b"COPY group_call_task_fingerprints (task_id, fingerprint) FROM STDIN (FORMAT csv)"
 )
+#: Every transaction that writes a day's window, or compares records with what the day holds,
+#: first takes this lock on the day (classid, the day's ordinal), exclusive to write, shared to
+#: compare; held until it commits. Two runs syncing the same day at once (nothing but the Dagster
+#: instance's pool `laaffic_api` keeps them apart) then write it one after the other, each
+#: seeing what the other committed, instead of interleaving their statements.
+_DAY_LOCK_CLASS = 0x1AAFF1D  # (migrations lock the single key 0x1AAFF1C: another key space)
+_LOCK_DAY = b"SELECT pg_advisory_xact_lock(%s, %s)"
+_LOCK_DAY_SHARED = b"SELECT pg_advisory_xact_lock_shared(%s, %s)"
+#: The day's latest sync that wrote a row: what a comparison with the stored rows was made
+#: against (`unchanged_records`), and what a write checks it still is (`write_window`).
+_LAST_WRITE = b"""
+    SELECT sync_id, run_id FROM group_call_sync_log
+    WHERE window_date = %s AND inserted + updated > 0
+    ORDER BY sync_id DESC LIMIT 1
+"""
 #: The account's zone as TimeZone, for the rest of the transaction only (`is_local`).
 _ACCOUNT_TIME_ZONE = b"SELECT set_config('TimeZone', %s, true)"
 #: The day's stored in-progress tasks.
@@ -124,6 +141,16 @@ class WarehouseError(RuntimeError):
 
 class WarehouseUrlError(WarehouseError):
     """WAREHOUSE_URL cannot be read as a connection URL: retrying cannot help."""
+
+
+class ConcurrentSyncError(WarehouseError):
+    """Another sync wrote the day between this one's comparison with the stored rows and its
+    write: what it found unchanged may no longer be, so nothing was written. Syncing the day
+    again (a step retry) re-reads it."""
+
+
+def _day_lock(day: date) -> tuple[int, int]:
+    return _DAY_LOCK_CLASS, day.toordinal()
 
 
 def connect(url: str, **kwargs: Any) -> psycopg.Connection:
@@ -177,10 +204,14 @@ def write_window(
     skipped_unchanged: int = 0,
     first_load: bool = False,
     window_digest: bytes | None = None,
+    compared_with: int | None = None,
 ) -> WriteResult:
     """Stage, merge and log one window atomically. `skipped_unchanged` records were found
-    identical to what was stored beforehand (see `unchanged_records`) and are not in
-    `normalised`: they count as received and unchanged. `window_digest` (the client's
+    identical to what was stored beforehand (see `unchanged_records`, which also returns the
+    `compared_with` to pass) and are not in `normalised`: they count as received and unchanged.
+    Should another sync have written rows of the day since that comparison (two runs syncing the
+    day at once), they may no longer be: nothing is written, `ConcurrentSyncError`. The write
+    holds the day's lock (`_LOCK_DAY`) until it commits. `window_digest` (the client's
     `WindowResult.digest`) is logged with the day's row count, for the next re-sync.
 
     `first_load`: the caller found no stored row for the day, so the rows are tried with a
@@ -191,6 +222,9 @@ def write_window(
     received = len(normalised)
     normalised = normalised.on_day(window_date)  # a refused createdTime: the window's day
     with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_LOCK_DAY, _day_lock(window_date))
+        if skipped_unchanged:
+            _check_compared_with(cur, window_date, compared_with)
         # createdTime is local: read in the account's zone as the transaction's TimeZone, which
         # is always an IANA zone. `AT TIME ZONE 'CET'` or a " CET" suffix would take PostgreSQL's
         # abbreviation first, a fixed +01 without summer time (likewise EET, MET, WET).
@@ -233,6 +267,22 @@ def write_window(
             | result.as_dict(),
         )
     return result
+
+
+def _check_compared_with(cur: psycopg.Cursor, window_date: date, compared_with: int | None) -> None:
+    """Raise `ConcurrentSyncError` if a sync wrote rows of the day after `compared_with` (the
+    day's latest sync that had written rows when the skipped records were compared)."""
+    cur.execute(_LAST_WRITE, (window_date,))
+    last = cur.fetchone()
+    if last is None or last[0] == compared_with:
+        return
+    raise ConcurrentSyncError(
+        f"{window_date}: not written: another sync of this day (sync_id {last[0]}, run "
+        f"{last[1] or 'unknown'}) wrote its rows after this one compared its records with them, "
+        "so the records this sync found unchanged may no longer be. Two runs were syncing the "
+        "same day at once, which the Dagster pool laaffic_api (limit 1) prevents when it is "
+        "configured; syncing the day again re-reads it."
+    )
 
 
 #: Earlier rejects of the window's tasks (the parameter: their ids, whichever path wrote them)
@@ -305,6 +355,7 @@ def write_unchanged_window(
     any doubt (no digest logged, rows deleted or moved since) the records are compared one by
     one. Rows edited in the warehouse itself are not looked for: the API is read, not the table."""
     with conn.transaction():
+        conn.execute(_LOCK_DAY, _day_lock(window_date))  # a write of the day under way: after it
         row = conn.execute(
             _LOG_UNCHANGED_SYNC,
             _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest),
@@ -425,19 +476,24 @@ def unchanged_records(
     time_zone: str,
     records: Sequence[dict[str, Any]],
     hashes: Sequence[bytes],
-) -> list[bool]:
+) -> tuple[list[bool], int | None]:
     """Which records hash the same as what was last written for their task (`hashes` from
     `normalise.fingerprints`), so that a re-sync can skip parsing and writing them. Only when
     the day was last synced with the same time zone and parsing rules, and only for tasks whose
-    row is still there: otherwise every row is re-derived."""
+    row is still there: otherwise every row is re-derived. With them, the latest sync that wrote
+    rows of the day, for `write_window(compared_with=...)` to check that none has since. Read
+    under the day's lock, shared: no write of the day commits meanwhile."""
     with conn.transaction():
+        conn.execute(_LOCK_DAY_SHARED, _day_lock(window_date))
+        written = conn.execute(_LAST_WRITE, (window_date,)).fetchone()
+        compared_with = None if written is None else int(written[0])
         last = conn.execute(
             "SELECT time_zone, normaliser_version FROM group_call_sync_log "
             "WHERE window_date = %s ORDER BY sync_id DESC LIMIT 1",
             (window_date,),
         ).fetchone()
         if last is None or tuple(last) != (time_zone, NORMALISER_VERSION):
-            return [False] * len(records)
+            return [False] * len(records), compared_with
         stored: dict[int, bytes] = dict(
             conn.execute(
                 """
@@ -454,4 +510,4 @@ def unchanged_records(
     for record, digest in zip(records, hashes, strict=True):
         task_id = record.get("taskId")
         same.append(type(task_id) is int and stored.get(task_id) == digest)
-    return same
+    return same, compared_with
