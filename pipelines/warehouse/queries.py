@@ -148,13 +148,21 @@ def report_new_rejects(
 ) -> tuple[int, list[tuple[int | None, str, str | None, str]]]:
     """How many standing rejects of `days` no check has reported yet, and some examples; marks
     them reported. Not the syncs' own `new_rejects`: a value first refused by a sync whose run
-    failed before its checks, or by an attempt a step retry replaced, is still reported here."""
+    failed before its checks, or by an attempt a step retry replaced, is still reported here.
+
+    A reject that a write of its day holds (the check is no step of the pool laaffic_api: it
+    runs while the next run writes) is left for a later check of the day, that run's own: the
+    check waiting for it while the write waited for one the check holds was a deadlock."""
     if not days:
         return 0, []
     rows = conn.execute(
         """
         UPDATE group_call_task_rejects SET reported_at = now()
-        WHERE window_date = ANY(%s) AND resolved_at IS NULL AND reported_at IS NULL
+        WHERE reject_id IN (
+            SELECT reject_id FROM group_call_task_rejects
+            WHERE window_date = ANY(%s) AND resolved_at IS NULL AND reported_at IS NULL
+            FOR UPDATE SKIP LOCKED
+        )
         RETURNING task_id, field, left(raw_value, 200), error, first_seen_at, reject_id
         """,
         (days,),

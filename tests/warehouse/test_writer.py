@@ -21,7 +21,12 @@ from psycopg.rows import dict_row
 from pipelines.laaffic.client import FetchStats
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.warehouse.normalise import normalise_records
-from pipelines.warehouse.queries import open_task_days, row_count_mismatches, synced_windows
+from pipelines.warehouse.queries import (
+    open_task_days,
+    report_new_rejects,
+    row_count_mismatches,
+    synced_windows,
+)
 from pipelines.warehouse.writer import write_window
 from tests.warehouse.helpers import TIME_ZONE, day_window, make_records, write
 
@@ -336,6 +341,79 @@ def test_rejects_are_recorded_deduplicated_and_resolved(migrated: psycopg.Connec
     back = write(migrated, records, DAY)
     assert (back.rejected, back.new_rejects) == (1, 0)
     assert {r["field"]: r["resolved_at"] for r in _rejects(migrated)}["rate"] is None
+
+
+def test_reporting_rejects_while_a_write_of_their_day_resolves_some_does_not_deadlock(
+    migrated: psycopg.Connection, database_url: str
+) -> None:
+    """no_new_rejects is no step of the pool laaffic_api: a run's checks run while the next run
+    (a refresh of the same day, say) writes. That write re-refuses one value (its reject row
+    locked) and resolves another, which the check's UPDATE had locked first, waiting for the
+    first: a deadlock, one of them failing 'deadlock detected'. The check skips what a write
+    holds (reported by a later check of the day) instead of waiting for it."""
+    records = make_records(DAY, 4)
+    fixed, still_bad = records[0], records[1]  # listed first: its reject has the lower id
+    fixed["rate"], still_bad["rate"] = "bad fixed later", "bad for good"
+    write(migrated, records, DAY)
+    fixed["rate"], still_bad["taskName"] = "50", "renamed"
+    # The write, re-refusing `still_bad`'s value (its reject row locked), waits for the test
+    # before it goes on to resolve `fixed`'s.
+    migrated.execute(
+        """
+        CREATE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.raw_value = 'bad for good' THEN PERFORM pg_advisory_xact_lock(4261); END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_hold BEFORE UPDATE ON group_call_task_rejects
+            FOR EACH ROW EXECUTE FUNCTION test_hold();
+        """
+    )
+    outcome: dict[str, Any] = {}
+
+    def run(name: str, action: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                with psycopg.connect(database_url) as conn:
+                    outcome[name] = action(conn)
+                    conn.commit()
+            except psycopg.Error as exc:
+                outcome[name] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    def waiting(kind: str) -> bool:
+        return migrated.execute(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND (wait_event = 'advisory') = %s",
+            (kind == "advisory",),
+        ).fetchone() == (True,)
+
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(4261)")
+        writer = run("write", lambda conn: write(conn, records, DAY))
+        while not waiting("advisory"):
+            time.sleep(0.001)
+        check = run("check", lambda conn: report_new_rejects(conn, [DAY]))
+        while not waiting("row") and check.is_alive():
+            time.sleep(0.001)
+        gate.execute("SELECT pg_advisory_unlock(4261)")
+        writer.join(60)
+        check.join(60)
+
+    assert not isinstance(outcome["write"], psycopg.Error), outcome["write"]
+    assert not isinstance(outcome["check"], psycopg.Error), outcome["check"]
+    assert outcome["write"].rejected == 1
+    # Each standing reject is reported once, by this check or the next.
+    reported, _ = outcome["check"]
+    later, _ = report_new_rejects(migrated, [DAY])
+    standing = migrated.execute(
+        "SELECT count(*) FROM group_call_task_rejects WHERE resolved_at IS NULL"
+    ).fetchone()
+    assert standing == (1,)
+    assert later == 1 and reported in (0, 1)
 
 
 @pytest.mark.parametrize("first_load", [True, False], ids=["first load", "merge"])
