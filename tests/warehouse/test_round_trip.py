@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines.laaffic.client import LaafficClient
@@ -159,6 +159,27 @@ def _instant(local_text: str, zone: str) -> datetime:
     return second if occurs and first.utcoffset() != second.utcoffset() else first
 
 
+def _zone_data_agree(conn: psycopg.Connection, local_text: str, zone: str) -> bool:
+    """Whether this process's tz database (zoneinfo) and the server's give `zone` the same
+    offsets around `local_text`: at the moments its two readings (fold 0 and 1) name. The
+    pipeline reads createdTime with the server's data, which this test cannot check against
+    when the two differ: they do for "CET" before 1947 between a system tzdata that keeps
+    CET's old rule (Debian's) and the embedded PostgreSQL's own, where CET is Europe/Brussels
+    (tzdata 2024b) and 1940-01-01 00:00 is UTC+0, not UTC+1."""
+    local = datetime.strptime(local_text, "%Y-%m-%d %H:%M:%S")
+    moments = {local.replace(tzinfo=ZoneInfo(zone), fold=fold) for fold in (0, 1)}
+    with conn.transaction(force_rollback=True), conn.cursor() as cur:
+        cur.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
+        for moment in moments:
+            row = cur.execute(
+                "SELECT extract(timezone FROM %s::timestamptz)", (moment.astimezone(UTC),)
+            ).fetchone()
+            assert row is not None and moment.utcoffset() is not None
+            if Decimal(row[0]) != Decimal(int(moment.utcoffset().total_seconds())):
+                return False
+    return True
+
+
 def _decimal(value: Any, suffix: str = "") -> Decimal:
     return Decimal(str(value).strip().removesuffix(suffix).strip())
 
@@ -230,8 +251,34 @@ def synced_into(
 _days = itertools.count()
 
 
+_ORDINARY = {
+    "taskName": "t",
+    "status": 2,
+    "rate": "0",
+    "numCnt": 0,
+    "callNum": 0,
+    "success": 0,
+    "fail": 0,
+    "scriptId": None,
+    "taskType": 3,
+    "answeredNum": 0,
+    "asr": "0",
+    "agentTotalFeetime": 0,
+    "agentFee": "0",
+    "chargeLen": 0,
+    "acd": "0",
+    "groupCallPayFee": "0(USD)",
+    "smsPayFee": "0(USD)",
+    "taskSumPayFee": "0(USD)",
+    "sendSmsNum": 0,
+}
+
+
 @ROUND_TRIP
 @given(st.lists(st.tuples(records, extras), min_size=1, max_size=12), st.sampled_from(ZONES))
+# A local time whose zone the embedded PostgreSQL's tz database and Debian's read differently
+# (see `_zone_data_agree`): the test used to fail on a machine without a PostgreSQL server.
+@example(generated=[({**_ORDINARY, "createdTime": "1940-01-01 00:00:00"}, {})], zone="CET")
 def test_property_good_records_are_stored_as_their_strings_say(
     synced_into: tuple[SimulatorServer, psycopg.Connection, LaafficClient],
     generated: list[tuple[dict[str, Any], dict[str, Any]]],
@@ -240,6 +287,7 @@ def test_property_good_records_are_stored_as_their_strings_say(
     simulator, conn, client = synced_into
     n = next(_days)
     day = date(2030, 1, 1) + timedelta(days=n)  # a window of its own for each example
+    assume(all(_zone_data_agree(conn, record["createdTime"], zone) for record, _ in generated))
     served: dict[int, dict[str, Any]] = {}
     for at, (record, extra) in enumerate(generated):
         task_id = (n + 1) * 1000 + at
