@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         return f"  {label:<48} {baseline / measured:7.2f}  {note}".rstrip()
 
     print(f"{rows:,} rows per step; rows stored (plain, pipeline): {counts}")
-    print(line("normalise_records (pandas)", median["normalise"]))
+    print(line("normalise_records (Arrow kernels)", median["normalise"]))
     print(line("plain COPY into an unindexed copy of the table", median["copy"]))
     print(line("  the same from pre-encoded text (server only)", median["copy_text"]))
     print(line("write_window, first insert (upsert path)", median["insert"]))
