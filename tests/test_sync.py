@@ -491,3 +491,54 @@ def test_a_stopped_sync_stops_the_read_it_is_waiting_for_too(
         assert asked == [str(DAY)]  # its retry, 1.5-3 s later, was never sent
         sim.query = answer  # type: ignore[method-assign]
         assert sync_day(client, conn, DAY, time_zone=TZ).write.inserted > 0
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 2, 4])
+def test_requests_in_flight_never_exceed_max_concurrency_across_days_and_retries(
+    simulator: SimulatorServer,
+    conn: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    max_concurrency: int,
+) -> None:
+    """Issue 7: the bound on page requests holds for a whole range (the days read ahead share
+    the client's pool) and under retries; the simulator counts the requests it serves at once."""
+    from pipelines.laaffic import simulator as simulator_module
+
+    lock = threading.Lock()
+    in_flight = {"now": 0, "peak": 0}
+    serve = simulator_module._Handler.do_POST
+
+    def counted(handler: Any) -> None:
+        with lock:
+            in_flight["now"] += 1
+            in_flight["peak"] = max(in_flight["peak"], in_flight["now"])
+        try:
+            serve(handler)
+        finally:
+            with lock:
+                in_flight["now"] -= 1
+
+    monkeypatch.setattr(simulator_module._Handler, "do_POST", counted)
+    days = [DAY + timedelta(days=n) for n in range(6)]
+    simulator.simulator.configure(
+        day_counts={day: 350 for day in days},  # 4 pages a day
+        latency_seconds=0.02,
+        fault_rate=0.25,
+        fault_kinds=("-18", "502", "drop"),
+    )
+    with LaafficClient(
+        simulator.url,
+        "sim-key",
+        "sim-secret",
+        max_concurrency=max_concurrency,
+        backoff_base_seconds=0.001,
+        max_attempts=20,
+    ) as client:
+        synced = list(sync_days(client, conn, days, time_zone=TZ, days_ahead=2))
+
+    assert [s.day for s in synced] == days
+    assert sum(s.fetch.retries for s in synced) > 0
+    assert in_flight["peak"] == max_concurrency  # reached, never exceeded
+    assert _stored(conn) == {
+        t.task_id: t.record for d in days for t in simulator.simulator.store.day(d)
+    }
