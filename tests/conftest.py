@@ -10,18 +10,15 @@ import contextlib
 import os
 import signal
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import psycopg
 import pytest
-from psycopg import sql
 
 from pipelines.laaffic.simulator import Simulator, SimulatorConfig, SimulatorServer
 from pipelines.warehouse.embedded import start_embedded_postgres
-from pipelines.warehouse.urls import with_database
+from tests.warehouse.helpers import new_database
 
 
 @pytest.fixture(scope="session")
@@ -63,16 +60,8 @@ def embedded_pgdata() -> Iterator[Path]:
 @pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_database(pg_server_url, name)
-    finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with new_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture

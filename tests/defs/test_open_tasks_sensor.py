@@ -1,8 +1,5 @@
 """Issue 5: in-progress tasks converge; the sensor re-syncs exactly the days that need it."""
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,7 +17,6 @@ from dagster import (
     materialize,
 )
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
-from psycopg import sql
 
 from pipelines.definitions import defs
 from pipelines.defs.assets import SETTINGS, group_call_tasks
@@ -30,9 +26,8 @@ from pipelines.defs.sensors import STATE_TAG, open_tasks_sensor
 from pipelines.laaffic.models import OPEN_STATUSES
 from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.warehouse.migrate import apply_migrations
-from pipelines.warehouse.urls import with_database
 from tests.defs.helpers import range_tags
-from tests.warehouse.helpers import make_records, write
+from tests.warehouse.helpers import make_records, new_database, write
 
 SENSOR = "open_tasks_sensor"
 
@@ -249,18 +244,6 @@ def test_a_failed_or_canceled_refresh_is_requested_again_under_a_new_run_key(
         assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: third.run_key or ""}))
 
 
-@contextmanager
-def _another_database(server_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_database(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def test_a_day_synced_into_another_warehouse_is_refreshed_there_too(
     simulator: SimulatorServer, database_url: str, pg_server_url: str
 ) -> None:
@@ -270,7 +253,7 @@ def test_a_day_synced_into_another_warehouse_is_refreshed_there_too(
     the same order get the same ids. Dagster launches no run for a key a run already has, so the
     open tasks of those days in the second warehouse were never refreshed."""
     days = _recent_days(7)
-    with _another_database(pg_server_url) as other, DagsterInstance.ephemeral() as instance:
+    with new_database(pg_server_url) as other, DagsterInstance.ephemeral() as instance:
         _backfill(instance, _resources(simulator, database_url), days)
         first = _evaluate(instance, database_url)
         assert isinstance(first, SensorResult) and first.run_requests

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pipelines.laaffic.client import FetchStats
 from pipelines.laaffic.models import TimeWindow
 from pipelines.laaffic.simulator import SimulatorConfig, TaskStore
 from pipelines.warehouse.normalise import normalise_records
+from pipelines.warehouse.urls import with_database
 from pipelines.warehouse.writer import WriteResult, write_window
 
 TIME_ZONE = "Asia/Shanghai"
+
+
+@contextmanager
+def new_database(server_url: str) -> Iterator[str]:
+    """URL of a new, empty database on the server at `server_url`, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def make_records(
