@@ -22,6 +22,7 @@ from dagster import (
     AssetsDefinition,
     BetaWarning,
     DagsterInstance,
+    ExecuteInProcessResult,
     asset,
     materialize,
 )
@@ -238,6 +239,20 @@ def _without_step_retries(assets_def: AssetsDefinition) -> AssetsDefinition:
         )(compute.decorated_fn)
 
 
+def _week_without_step_retries(
+    instance: DagsterInstance, run_resources: dict[str, Any]
+) -> ExecuteInProcessResult:
+    """Materialize WEEK in one run, as a terminated or failed run meets it: without the step's
+    RetryPolicy (Dagster retries an interrupted step that has one; a terminated run stops)."""
+    return materialize(
+        [_without_step_retries(group_call_tasks)],
+        resources=run_resources,
+        instance=instance,
+        tags=range_tags(WEEK[0], WEEK[-1]),
+        raise_on_error=False,
+    )
+
+
 def test_a_terminated_range_run_records_the_days_it_committed(
     simulator: SimulatorServer, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,13 +280,7 @@ def test_a_terminated_range_run_records_the_days_it_committed(
     with DagsterInstance.ephemeral() as instance:
         # Without the step's RetryPolicy: Dagster retries an interrupted step that has one (its
         # attempt would then pass), whereas a terminated run stops.
-        result = materialize(
-            [_without_step_retries(group_call_tasks)],
-            resources=sequential,
-            instance=instance,
-            tags=range_tags(WEEK[0], WEEK[-1]),
-            raise_on_error=False,
-        )
+        result = _week_without_step_retries(instance, sequential)
         assert not result.success
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         error = failure.step_failure_data.error  # type: ignore[union-attr]
@@ -334,13 +343,7 @@ def test_a_run_terminated_between_two_days_records_the_write_then_under_way(
             previous = sys.getprofile()
             sys.setprofile(interrupt_while_recording_the_first_day)
             try:
-                result = materialize(
-                    [_without_step_retries(group_call_tasks)],
-                    resources=resources(simulator, database_url),
-                    instance=instance,
-                    tags=range_tags(WEEK[0], WEEK[-1]),
-                    raise_on_error=False,
-                )
+                result = _week_without_step_retries(instance, resources(simulator, database_url))
             finally:
                 sys.setprofile(previous)
             assert not result.success
@@ -444,13 +447,7 @@ def test_a_step_that_fails_between_two_days_leaves_no_sync_thread_running(
     monkeypatch.setattr(AssetExecutionContext, "add_asset_metadata", fail_on_the_second_day)
     kept: list[threading.Thread] = []
     with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [_without_step_retries(group_call_tasks)],
-            resources=resources(simulator, database_url),
-            instance=instance,
-            tags=range_tags(WEEK[0], WEEK[-1]),
-            raise_on_error=False,
-        )
+        result = _week_without_step_retries(instance, resources(simulator, database_url))
         kept = [t for t in threading.enumerate() if t.name.startswith("laaffic-")]
         # Every day it committed, and only those, shows as materialized.
         materialized = instance.get_materialized_partitions(AssetKey("group_call_tasks"))
