@@ -656,3 +656,34 @@ def test_a_notice_a_migration_raises_is_logged_wherever_plpgsql_raises_it(
         assert apply_migrations(conn, tmp_path) == ["001_notices.sql"]
     said = [r.getMessage() for r in caplog.records if r.name == "pipelines.warehouse.migrate"]
     assert said == ["migration: from the block", "migration: from a function"]
+
+
+def test_tasks_stored_on_no_day_before_011_are_put_on_the_day_that_listed_them(
+    conn: psycopg.Connection, database_url: str, tmp_path: Path
+) -> None:
+    """Before NORMALISER_VERSION 4 (migration 011's comment) a task whose createdTime was refused
+    was stored with created_date NULL. The new version re-derives a day only on its next sync,
+    which a day whose other tasks are final never gets (the open-tasks sensor cannot see such a
+    task either): it stayed in the daily summary under a NULL date, its spend on no day, unlike
+    what created_date's COMMENT says. Upgrading puts it on the day whose window refused it."""
+    for path in migration_files():
+        if path.name < "012":
+            shutil.copy(path, tmp_path / path.name)
+    apply_migrations(conn, tmp_path)
+    day = date(2024, 6, 4)
+    records = make_records(day, 3)
+    records[0]["createdTime"] = "2024-06-04T12:00"  # refused
+    with psycopg.connect(database_url) as writer:
+        write(writer, records, day)
+    # What NORMALISER_VERSION 3 stored for it.
+    conn.execute(
+        "UPDATE group_call_tasks SET created_date = NULL WHERE task_id = %s",
+        (records[0]["taskId"],),
+    )
+    conn.commit()
+
+    apply_migrations(conn)
+    rows = conn.execute(
+        "SELECT created_date, sum(tasks) FROM group_call_daily_summary GROUP BY created_date"
+    ).fetchall()
+    assert rows == [(day, 3)]
