@@ -465,6 +465,33 @@ def test_what_a_record_without_a_task_id_leaves_is_what_the_comments_say(
     assert "taskId" in resolved, resolved
 
 
+def test_what_the_day_holds_of_the_api_s_total_is_what_the_comments_say(
+    migrated: psycopg.Connection,
+) -> None:
+    """The API's total counts a task listed twice twice (upstream_duplicates) and a record
+    without a usable taskId once, though that record is no row: the day holds fewer tasks than
+    api_total - upstream_duplicates by those records, which the COMMENTs of api_total and
+    upstream_duplicates (sync log and sync status) must say, not that it holds exactly that."""
+    records = make_records(DAY, 5)
+    unkeyed = dict(records[4])
+    del unkeyed["taskId"]
+    # What the client reports for a window listing records[0] twice and the unkeyed record.
+    stats = FetchStats(api_total=7, pages=1, upstream_duplicates=1)
+    stats.requests = 1
+    write(migrated, [*records, unkeyed], DAY, stats=stats)
+    row = migrated.execute(
+        "SELECT api_total, upstream_duplicates, partition_rows FROM group_call_sync_log"
+    ).fetchone()
+    assert row == (7, 1, 5)  # 7 - 1 - the record without a taskId
+    for relation, column in (
+        ("group_call_sync_log", "api_total"),
+        ("group_call_sync_log", "upstream_duplicates"),
+        ("group_call_sync_status", "api_total"),
+    ):
+        comment = _comment(migrated, relation, column)
+        assert "taskId" in comment, (relation, column, comment)
+
+
 def test_sync_log_row_carries_the_counts(migrated: psycopg.Connection) -> None:
     records = make_records(DAY, 120, open_fraction=0.5)
     records[0]["acd"] = "sixty"
