@@ -93,6 +93,31 @@ class DaySync:
         )
 
 
+#: The days a run committed: each day's latest sync by it (a step retry syncs a day again).
+_SYNCED_BY_RUN = b"""
+    SELECT DISTINCT ON (window_date)
+        window_date, window_start, window_end, api_total, pages, requests, retries,
+        upstream_duplicates, received, inserted, updated, unchanged, rejected, new_rejects,
+        open_tasks, open_before, became_final, partition_rows, started_at, finished_at
+    FROM group_call_sync_log WHERE run_id = %s
+    ORDER BY window_date, sync_id DESC
+"""
+
+
+def synced_by_run(conn: psycopg.Connection, run_id: str) -> list[tuple[DaySync, datetime]]:
+    """The days run `run_id` committed, as their sync reported them, and when each committed:
+    from the sync log, for a run that died before it could report them."""
+    synced: list[tuple[DaySync, datetime]] = []
+    for row in conn.execute(_SYNCED_BY_RUN, (run_id,)).fetchall():
+        day, start, end, *counts, started_at, finished_at = row
+        fetch = FetchStats(*counts[:5])
+        write = WriteResult(*(count or 0 for count in counts[5:]))  # (partition_rows: NULL once)
+        seconds = (finished_at - started_at).total_seconds()
+        window = TimeWindow(start=start, end=end)
+        synced.append((DaySync(day, window, fetch, write, seconds), finished_at))
+    return synced
+
+
 class _Progress:
     """Progress lines for the run's log: each day when days are slow, otherwise one line per
     `every` seconds summing the days done since (each log line is an event Dagster stores: one

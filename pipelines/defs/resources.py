@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from dagster import AssetMaterialization, ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field
 
 from pipelines.defs.recovery import release_crashed_runs
 from pipelines.laaffic.client import DEFAULT_BASE_URL, LaafficClient, Logger
 from pipelines.laaffic.errors import LaafficConfigError
+from pipelines.sync import synced_by_run
 from pipelines.warehouse.embedded import embedded_warehouse_url
+from pipelines.warehouse.queries import TABLE
 from pipelines.warehouse.writer import connect, ensure_schema
 
 #: The Dagster pool of every step that calls the API (limit in dagster.yaml).
@@ -49,11 +51,6 @@ class LaafficApiResource(ConfigurableResource):
         ge=0,
         description="In a range run, days read ahead while the current one is written.",
     )
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        """Before the run's step claims the API pool: free slots held by crashed runs."""
-        if context.instance is not None and context.run_id is not None:
-            release_crashed_runs(context.instance, context.run_id, API_POOL, context.log)
 
     def get_client(self, logger: Logger | None = None) -> LaafficClient:
         missing = [
@@ -97,6 +94,25 @@ class WarehouseResource(ConfigurableResource):
 
     def resolved_url(self) -> str:
         return self.url or embedded_warehouse_url()
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Before the run's step claims the API pool: free slots held by crashed runs, recording
+        the days they committed (here, in the warehouse's sync log) as theirs."""
+        if context.instance is not None and context.run_id is not None:
+            release_crashed_runs(
+                context.instance, context.run_id, API_POOL, context.log, self._committed_by
+            )
+
+    def _committed_by(self, run_id: str) -> list[tuple[AssetMaterialization, float]]:
+        with self.connect() as conn:
+            synced = synced_by_run(conn, run_id)
+        return [
+            (
+                AssetMaterialization(TABLE, partition=day.partition_key, metadata=day.metadata()),
+                committed_at.timestamp(),
+            )
+            for day, committed_at in synced
+        ]
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:

@@ -14,11 +14,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from dagster import AssetKey, DagsterRunStatus, materialize
+from dagster import AssetKey, AssetPartitionStatus, DagsterRunStatus, materialize
 from dagster import job as dagster_job
 from dagster import op as dagster_op
 
-from pipelines.defs.assets import group_call_tasks
+from pipelines.defs.assets import DAILY_PARTITIONS, group_call_tasks
 from pipelines.defs.recovery import WORKER_TAG, Worker, release_crashed_runs
 from pipelines.defs.resources import API_POOL, WarehouseResource
 from pipelines.laaffic.simulator import SimulatorServer
@@ -41,13 +41,13 @@ from tests.reliability.helpers import (
 ASSET = AssetKey("group_call_tasks")
 
 
-@pytest.mark.timeout(150)  # a rerun blocked on the pool would wait for ever
-def test_run_killed_mid_backfill_then_rerun_is_exact_without_duplicates(
+def _kill_mid_backfill(
     simulator: SimulatorServer, database_url: str, tmp_path: Path
-) -> None:
-    sim = simulator.simulator
+) -> tuple[Path, list[date]]:
+    """A CLI run of the six DAYS, SIGKILLed once it committed a first day: its DAGSTER_HOME and
+    the days it committed."""
     # 250 tasks a day (three pages); every answer takes 0.4 s, so the six days take seconds.
-    sim.configure(day_counts=dict.fromkeys(DAYS, 250), latency_seconds=0.4)
+    simulator.simulator.configure(day_counts=dict.fromkeys(DAYS, 250), latency_seconds=0.4)
     home = make_dagster_home(tmp_path / "home")
     command = dagster_cli(*MATERIALIZE, "--partition-range", range_arg(DAYS))
 
@@ -62,8 +62,15 @@ def test_run_killed_mid_backfill_then_rerun_is_exact_without_duplicates(
         wait_for("a first committed day", first_commit, 120, alive=run.popen)
         run.signal_group(signal.SIGKILL)
         assert run.wait(timeout=30) == -signal.SIGKILL
+    simulator.simulator.configure(latency_seconds=0.0)
+    return home, committed_days(database_url)
 
-    committed = committed_days(database_url)
+
+@pytest.mark.timeout(150)  # a rerun blocked on the pool would wait for ever
+def test_run_killed_mid_backfill_then_rerun_is_exact_without_duplicates(
+    simulator: SimulatorServer, database_url: str, tmp_path: Path
+) -> None:
+    home, committed = _kill_mid_backfill(simulator, database_url, tmp_path)
     assert committed == DAYS[: len(committed)]
     assert len(committed) < len(DAYS), "the run must have been killed before it finished"
     assert_days_exact(simulator, database_url, committed)
@@ -75,7 +82,6 @@ def test_run_killed_mid_backfill_then_rerun_is_exact_without_duplicates(
         held = instance.event_log_storage.get_concurrency_info(API_POOL).claimed_slots
         assert [slot.run_id for slot in held] == [dead.run_id]  # it died holding the API pool
 
-    sim.configure(latency_seconds=0.0)
     with open_instance(home) as instance:
         rerun = materialize(
             [group_call_tasks],
@@ -105,6 +111,59 @@ def test_run_killed_mid_backfill_then_rerun_is_exact_without_duplicates(
     assert_days_exact(simulator, database_url, DAYS)
     total = 250 * len(DAYS)
     assert row_counts(database_url) == (total, total)  # rows = distinct task IDs = the API's
+
+
+@pytest.mark.timeout(150)
+def test_the_days_a_killed_run_committed_show_as_materialized_once_it_is_released(
+    simulator: SimulatorServer, database_url: str, tmp_path: Path
+) -> None:
+    """The run that releases a killed one need not sync the same days (the next day's scheduled
+    run, say): the days the killed run committed are stored, and are recorded as materialized by
+    it, each with its own figures, not shown as failed; only the others are."""
+    home, committed = _kill_mid_backfill(simulator, database_url, tmp_path)
+    assert 1 <= len(committed) < len(DAYS)
+    with open_instance(home) as instance:
+        (dead,) = instance.get_runs()
+        other_day = date(2024, 6, 20)
+        next_run = materialize(
+            [group_call_tasks],
+            resources={
+                "laaffic": api_resource(simulator),
+                "warehouse": WarehouseResource(url=database_url),
+            },
+            instance=instance,
+            partition_key=other_day.isoformat(),
+            raise_on_error=False,
+        )
+        assert next_run.success, failure_text(next_run)
+        dead_now = instance.get_run_by_id(dead.run_id)
+        assert dead_now is not None and dead_now.status == DagsterRunStatus.FAILURE
+
+        status = instance.get_status_by_partition(
+            ASSET, [d.isoformat() for d in DAYS], DAILY_PARTITIONS
+        )
+        assert status == {
+            d.isoformat(): (
+                AssetPartitionStatus.MATERIALIZED if d in committed else AssetPartitionStatus.FAILED
+            )
+            for d in DAYS
+        }
+        records = instance.fetch_materializations(ASSET, limit=100).records
+        recovered = {r.partition_key: r for r in records if r.run_id == dead.run_id}
+        assert sorted(recovered) == [d.isoformat() for d in committed]
+        for record in recovered.values():
+            metadata = record.asset_materialization.metadata  # type: ignore[union-attr]
+            assert metadata["inserted"].value == 250
+            assert metadata["dagster/partition_row_count"].value == 250
+            assert metadata["requests"].value == 3
+        reasons = [
+            record.event_log_entry.message
+            for record in instance.get_records_for_run(dead.run_id).records
+            if record.event_log_entry.dagster_event_type is not None
+            and record.event_log_entry.dagster_event_type.value == "PIPELINE_FAILURE"
+        ]
+        kept = ", ".join(d.isoformat() for d in committed)
+        assert any(f"({kept})" in reason for reason in reasons), reasons
 
 
 def _holder(instance: Any, worker: Worker | None) -> str:
