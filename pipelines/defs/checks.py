@@ -131,7 +131,7 @@ def task_invariants_hold(
 
 @asset_check(
     asset=group_call_tasks,
-    description=f"No stored task has stayed in progress for more than "
+    description=f"No stored task has stayed in progress (or with a refused status) for more than "
     f"{SETTINGS.open_tasks_horizon_days} days: past that the open-tasks sensor stops following "
     "it (a manual backfill of its day still refreshes it).",
 )

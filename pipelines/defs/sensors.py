@@ -53,8 +53,9 @@ def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> Count
     minimum_interval_seconds=SETTINGS.open_tasks_interval_seconds,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "Re-syncs exactly the days whose stored tasks are still in progress (status 0, 1, 5, 6) "
-        f"until they are final, for {SETTINGS.open_tasks_horizon_days} days after creation. "
+        "Re-syncs exactly the days whose stored tasks are still in progress (status 0, 1, 5, 6, "
+        "or a status that was refused) until they are final, for "
+        f"{SETTINGS.open_tasks_horizon_days} days after creation. "
         "One run per day; its run key is the day's latest sync and the number of refreshes of it "
         "that failed or were canceled, so a refresh queued, running or done is never requested "
         "twice, and a failed one is requested again on a later tick."

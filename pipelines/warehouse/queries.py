@@ -21,6 +21,10 @@ IS_OPEN = sql.SQL("status IN ({})").format(
 IS_FINAL = sql.SQL("status IN ({})").format(
     sql.SQL(", ").join(map(sql.Literal, sorted(FINAL_STATUSES)))
 )
+#: Not known to be final: open, or a status that was refused (NULL). The sensor follows these: a
+#: task whose status was unreadable once must be re-read, not left with that sync's figures.
+#: (sql/013 indexes the NULL ones, so this is a BitmapOr of two partial indexes.)
+IS_UNSETTLED = sql.SQL("({} OR status IS NULL)").format(IS_OPEN)
 
 
 @dataclass(frozen=True)
@@ -183,9 +187,9 @@ class OpenDay:
 
 
 def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[OpenDay]:
-    """Days in [since, until] whose stored tasks are still open (IS_OPEN).
+    """Days in [since, until] whose stored tasks are not final yet (IS_UNSETTLED).
 
-    Reads the partial index on open tasks: the cost follows the open tasks, not the history.
+    Reads the partial indexes on those tasks: the cost follows them, not the history.
     """
     rows = conn.execute(
         sql.SQL(
@@ -193,7 +197,7 @@ def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[O
             SELECT o.created_date, o.open_tasks, l.sync_id, l.finished_at
             FROM (
                 SELECT created_date, count(*) AS open_tasks FROM group_call_tasks
-                WHERE {is_open} AND created_date BETWEEN %s AND %s
+                WHERE {unsettled} AND created_date BETWEEN %s AND %s
                 GROUP BY created_date
             ) AS o
             LEFT JOIN LATERAL (
@@ -202,7 +206,7 @@ def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[O
             ) AS l ON true
             ORDER BY o.created_date
             """
-        ).format(is_open=IS_OPEN),
+        ).format(unsettled=IS_UNSETTLED),
         (since, until),
     ).fetchall()
     return [OpenDay(day, int(count), sync_id, at) for day, count, sync_id, at in rows]
@@ -210,22 +214,25 @@ def open_task_days(conn: psycopg.Connection, since: date, until: date) -> list[O
 
 def open_tasks_created_before(
     conn: psycopg.Connection, before: date, limit: int = 20
-) -> tuple[int, list[tuple[int, date, int]]]:
-    """Tasks still open that were created before `before`: a count and examples."""
+) -> tuple[int, list[tuple[int, date, int | None]]]:
+    """Tasks not final yet (IS_UNSETTLED: the sensor's) that were created before `before`: a
+    count and examples (a refused status shows as None)."""
     row = conn.execute(
         sql.SQL(
-            "SELECT count(*) FROM group_call_tasks WHERE {is_open} AND created_date < %s"
-        ).format(is_open=IS_OPEN),
+            "SELECT count(*) FROM group_call_tasks WHERE {unsettled} AND created_date < %s"
+        ).format(unsettled=IS_UNSETTLED),
         (before,),
     ).fetchone()
     examples = conn.execute(
         sql.SQL(
             """
             SELECT task_id, created_date, status FROM group_call_tasks
-            WHERE {is_open} AND created_date < %s
+            WHERE {unsettled} AND created_date < %s
             ORDER BY created_date, task_id LIMIT %s
             """
-        ).format(is_open=IS_OPEN),
+        ).format(unsettled=IS_UNSETTLED),
         (before, limit),
     ).fetchall()
-    return (int(row[0]) if row else 0), [(int(t), d, int(s)) for t, d, s in examples]
+    return (int(row[0]) if row else 0), [
+        (int(t), d, None if s is None else int(s)) for t, d, s in examples
+    ]

@@ -273,3 +273,35 @@ def test_a_day_synced_into_another_warehouse_is_refreshed_there_too(
         ]
         for request in second.run_requests:
             assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: request.run_key or ""}))
+
+
+def test_a_task_whose_status_was_refused_is_followed_until_it_is_final(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    """A status the normaliser refuses is stored as NULL: neither open nor final. The sensor
+    followed only open statuses, so a task whose status was unreadable once (the reject reported
+    once) kept that sync's figures for good, though the API later reported it final."""
+    store = simulator.simulator.store
+    days = _recent_days(2)
+    store.advance(days, to_final=True)
+    task = store.day(days[0])[0]
+    final = dict(task.record)
+    task.update(status="calling", callNum=0, success=0, fail=0)  # refused: not a status code
+    resources = _resources(simulator, database_url)
+    with DagsterInstance.ephemeral() as instance:
+        _backfill(instance, resources, days)
+        assert _stored(database_url)[task.task_id]["status"] == "calling"
+
+        task.update(**final)  # the API now reports it readable, and final
+        result = _evaluate(instance, database_url)
+        assert isinstance(result, SensorResult)
+        assert [r.partition_key for r in result.run_requests] == [days[0].isoformat()]
+        for request in result.run_requests:
+            materialize(
+                [group_call_tasks],
+                resources=resources,
+                instance=instance,
+                partition_key=request.partition_key,
+            )
+        assert _stored(database_url)[task.task_id] == final
+        assert isinstance(_evaluate(instance, database_url), SkipReason)

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pipelines.laaffic.models import FINAL_STATUSES, OPEN_STATUSES, STATUS_LABELS
 from pipelines.warehouse.migrate import apply_migrations, migration_files
-from pipelines.warehouse.queries import IS_OPEN
+from pipelines.warehouse.queries import IS_OPEN, IS_UNSETTLED
 from tests.warehouse.helpers import make_records, write
 
 TASKS = "group_call_tasks"
@@ -273,6 +273,29 @@ def test_the_open_tasks_index_is_what_the_pipeline_calls_open(migrated: psycopg.
     finally:
         migrated.execute("RESET enable_seqscan")
     assert "group_call_tasks_open_idx" in "\n".join(line for (line,) in plan)
+
+
+def test_the_sensors_lookup_of_tasks_not_final_reads_only_partial_indexes(
+    migrated: psycopg.Connection,
+) -> None:
+    """IS_UNSETTLED adds the tasks of a refused status (NULL) to the open ones: sql/013 indexes
+    those, so the lookup is a BitmapOr of the two partial indexes, not a scan of the days."""
+    migrated.execute("SET enable_seqscan = off")
+    try:
+        plan = "\n".join(
+            line
+            for (line,) in migrated.execute(
+                sql.SQL(
+                    "EXPLAIN SELECT count(*) FROM group_call_tasks WHERE {} AND created_date < %s"
+                ).format(IS_UNSETTLED),
+                (date(2024, 1, 1),),
+            )
+        )
+    finally:
+        migrated.execute("RESET enable_seqscan")
+    assert "group_call_tasks_open_idx" in plan
+    assert "group_call_tasks_status_refused_idx" in plan
+    assert "created_date_idx" not in plan
 
 
 def test_reader_role_can_read_everything_and_write_nothing(migrated: psycopg.Connection) -> None:
