@@ -1,7 +1,6 @@
 """Sensors: follow in-progress tasks until they are final, and evaluate freshness on a timer."""
 
 import warnings
-from collections import Counter
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -35,17 +34,25 @@ STATE_TAG = "laaffic/open_tasks_state"
 FAILED_STATUSES = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 
 
-def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> Counter[str]:
-    """How many refreshes requested by this sensor since `since` failed or were canceled, per
-    state (runs requested before STATE_TAG existed carry their state as their run key)."""
+def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> dict[str, int]:
+    """Per state, the failed or canceled refreshes this sensor requested since `since`: one more
+    than the highest retry number among their run keys (runs requested before STATE_TAG existed
+    carry their state as their run key). Not their count: a failed run deleted from the UI would
+    lower it to a key a run still has, which Dagster never launches again."""
     runs = context.instance.get_runs(
         filters=RunsFilter(
             tags={REASON_TAG: "open-tasks"}, statuses=FAILED_STATUSES, created_after=since
         )
     )
-    return Counter(
-        state for run in runs if (state := run.tags.get(STATE_TAG) or run.tags.get(RUN_KEY_TAG))
-    )
+    failed: dict[str, int] = {}
+    for run in runs:
+        key = run.tags.get(RUN_KEY_TAG) or ""
+        state = run.tags.get(STATE_TAG) or key
+        if not state:
+            continue
+        _, _, retry = key.removeprefix(state).partition(":retry-")
+        failed[state] = max(failed.get(state, 0), (int(retry) if retry.isdigit() else 0) + 1)
+    return failed
 
 
 @sensor(
@@ -56,7 +63,7 @@ def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> Count
         "Re-syncs exactly the days whose stored tasks are still in progress (status 0, 1, 5, 6, "
         "or a status that was refused) until they are final, for "
         f"{SETTINGS.open_tasks_horizon_days} days after creation. "
-        "One run per day; its run key is the day's latest sync and the number of refreshes of it "
+        "One run per day; its run key is the day's latest sync and the retry after its refreshes "
         "that failed or were canceled, so a refresh queued, running or done is never requested "
         "twice, and a failed one is requested again on a later tick."
     ),
@@ -83,8 +90,8 @@ def open_tasks_sensor(
         if d.last_synced_at is not None:
             state += f"@{d.last_synced_at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
         # Dagster launches no second run with a key a run already has, whatever became of it:
-        # after failed or canceled refreshes of this state, the key says how many.
-        retries = failed[state]
+        # after failed or canceled refreshes of this state, the key is the next after theirs.
+        retries = failed.get(state, 0)
         requests.append(
             RunRequest(
                 run_key=f"{state}:retry-{retries}" if retries else state,

@@ -305,3 +305,29 @@ def test_a_task_whose_status_was_refused_is_followed_until_it_is_final(
             )
         assert _stored(database_url)[task.task_id] == final
         assert isinstance(_evaluate(instance, database_url), SkipReason)
+
+
+def test_a_refresh_is_requested_again_after_a_failed_one_was_deleted(database_url: str) -> None:
+    """The retry number in the run key was the count of failed refreshes of the day's state. A
+    failed run deleted from the UI (clearing up failures) lowered it to the key of a failed run
+    still there, and Dagster launches no run for a key a run has: the day was never refreshed
+    again. The next key now follows the highest one that failed."""
+    day = _recent_days(2)[0]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_migrations(conn)
+        write(conn, make_records(day, 5, open_fraction=1), day)
+    job = defs.resolve_job_def(DAILY_SYNC_JOB.name)
+    with DagsterInstance.ephemeral() as instance:
+        failed = []
+        for _ in range(2):  # the refresh, then its retry, both fail
+            request = _request_for(_evaluate(instance, database_url), day.isoformat())
+            run = instance.create_run_for_job(
+                job,
+                status=DagsterRunStatus.FAILURE,
+                tags={**request.tags, RUN_KEY_TAG: request.run_key or "", SENSOR_NAME_TAG: SENSOR},
+            )
+            failed.append(run)
+        instance.delete_run(failed[0].run_id)
+
+        request = _request_for(_evaluate(instance, database_url), day.isoformat())
+        assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: request.run_key or ""}))
