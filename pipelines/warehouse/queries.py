@@ -23,7 +23,7 @@ IS_FINAL = sql.SQL("status IN ({})").format(
 )
 #: Not known to be final: open, or a status that was refused (NULL). The sensor follows these: a
 #: task whose status was unreadable once must be re-read, not left with that sync's figures.
-#: (sql/013 indexes the NULL ones, so this is a BitmapOr of two partial indexes.)
+#: (sql/015 indexes the NULL ones, so this is a BitmapOr of two partial indexes.)
 IS_UNSETTLED = sql.SQL("({} OR status IS NULL)").format(IS_OPEN)
 
 

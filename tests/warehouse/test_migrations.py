@@ -180,6 +180,13 @@ def _snapshot(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
+def test_migrations_are_numbered_one_after_another() -> None:
+    """Each number once, none skipped: two branches each adding "013_…" would otherwise both
+    apply, in an order that depends on their names, not on which was written against which."""
+    numbers = [int(path.name[:3]) for path in migration_files()]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
 def test_empty_database_gets_exactly_the_contract(conn: psycopg.Connection) -> None:
     assert _relations(conn) == {}
     applied = apply_migrations(conn)
@@ -278,7 +285,7 @@ def test_the_open_tasks_index_is_what_the_pipeline_calls_open(migrated: psycopg.
 def test_the_sensors_lookup_of_tasks_not_final_reads_only_partial_indexes(
     migrated: psycopg.Connection,
 ) -> None:
-    """IS_UNSETTLED adds the tasks of a refused status (NULL) to the open ones: sql/013 indexes
+    """IS_UNSETTLED adds the tasks of a refused status (NULL) to the open ones: sql/015 indexes
     those, so the lookup is a BitmapOr of the two partial indexes, not a scan of the days."""
     migrated.execute("SET enable_seqscan = off")
     try:
