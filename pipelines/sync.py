@@ -215,9 +215,10 @@ def sync_days(
     halted = threading.Event()  # set by the writer thread's first failure, or on leaving
     failures: list[BaseException] = []
 
-    def on_writer(fn: Callable[..., T], *args: Any) -> Future[T]:
+    def on_writer(doing: str, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue `fn(*args)` on the writer thread. It runs only if no task before it failed: the
-        next day's write may already be queued when a write fails, and must not commit."""
+        next day's write may already be queued when a write fails, and must not commit. An error
+        is noted with what it was `doing` (a database's error does not say which day)."""
 
         def run() -> T:
             if halted.is_set():
@@ -225,6 +226,8 @@ def sync_days(
             try:
                 return fn(*args)
             except BaseException as exc:
+                if isinstance(exc, Exception):
+                    exc.add_note(f"while {doing}")
                 failures.append(exc)
                 halted.set()
                 raise
@@ -288,7 +291,7 @@ def sync_days(
                 # while waited for: stopped meanwhile, the log may still commit, and is reported.
                 shortcut = None
                 if stored_before:
-                    being_logged = on_writer(log_if_unchanged)
+                    being_logged = on_writer(f"writing {day} to the warehouse", log_if_unchanged)
                     shortcut = being_logged.result()
                     being_logged = None
                 if shortcut is None and fetched.unchanged:
@@ -338,7 +341,7 @@ def sync_days(
                             day, fetched.window, fetched.stats, result, time.perf_counter() - clock
                         )
 
-                    writes.append(on_writer(write))
+                    writes.append(on_writer(f"writing {day} to the warehouse", write))
                 while writes and (writes[0].done() or len(writes) > 1):
                     yield (synced := written())
                     progress.add(synced)
@@ -402,7 +405,13 @@ def _changed_records(
     if not compare:
         return records, payloads, hashes, 0, None
     same, compared_with = on_writer(
-        unchanged_records, conn, day, time_zone, records, hashes
+        f"comparing {day} with the warehouse",
+        unchanged_records,
+        conn,
+        day,
+        time_zone,
+        records,
+        hashes,
     ).result()
     changed = [i for i, keep in enumerate(same) if not keep]
     skipped = len(records) - len(changed)

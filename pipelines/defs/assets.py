@@ -134,8 +134,8 @@ def group_call_tasks(
         if not committed:
             if retry:
                 raise
-            raise Failure(description=str(exc), allow_retries=False) from exc
-        cause = f"{type(exc).__name__}: {exc}" if retry else str(exc)
+            raise Failure(description=_described(exc), allow_retries=False) from exc
+        cause = f"{type(exc).__name__}: {_described(exc)}" if retry else _described(exc)
         kept = _record_committed(context, committed)
         raise Failure(
             description=f"{cause}; {kept}",
@@ -162,6 +162,11 @@ def group_call_tasks(
         partition_key=committed[-1].partition_key,
     )
     return MaterializeResult()
+
+
+def _described(exc: BaseException) -> str:
+    """`exc`'s message and its notes (the day a write failed on, say)."""
+    return " ".join([str(exc), *(f"({note})" for note in getattr(exc, "__notes__", ()))])
 
 
 def _stop(syncing: Generator[DaySync, None, None], exc: BaseException) -> list[DaySync]:

@@ -404,6 +404,9 @@ def test_a_failed_range_run_keeps_the_committed_days_materialized_with_their_fig
         error = failures[0].step_failure_data.error  # type: ignore[union-attr]
         assert error is not None
         assert cause in error.message
+        # The day that failed is named: the API's errors name their window, a write its day.
+        named = f"window [{WEEK[3]} 00:00:00" if fault == "api-refusal" else f"writing {WEEK[3]}"
+        assert named in error.message
         assert "3 day(s) were committed before it (2024-06-01, 2024-06-02, 2024-06-03)" in (
             error.message
         )
@@ -428,6 +431,25 @@ def test_a_failed_range_run_keeps_the_committed_days_materialized_with_their_fig
             assert _value(metadata, "inserted") == counts[day], day
             assert _value(metadata, "dagster/partition_row_count") == counts[day], day
             assert _value(metadata, "window") == f"[{day} 00:00:00 .. {day} 23:59:59]", day
+
+
+def test_a_write_failing_before_any_day_is_committed_names_its_day(
+    simulator: SimulatorServer, database_url: str
+) -> None:
+    """With no day committed the database's error is raised as it is (the step's RetryPolicy
+    retries it), still naming the day being written: a range run's first, here."""
+    with psycopg.connect(database_url) as conn:
+        ensure_schema(conn, database_url)
+        on_sync_log_insert(conn, "true", "RAISE EXCEPTION 'injected failure';")
+    with DagsterInstance.ephemeral() as instance:
+        result = _week_without_step_retries(instance, resources(simulator, database_url))
+    assert not result.success
+    assert stored_days(database_url) == {}
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error  # type: ignore[union-attr]
+    assert error is not None and error.cause is not None  # (Dagster wraps the step's error)
+    assert error.cause.cls_name == "RaiseException"
+    assert f"while writing {WEEK[0]} to the warehouse" in error.cause.message
 
 
 def test_a_step_that_fails_between_two_days_leaves_no_sync_thread_running(
