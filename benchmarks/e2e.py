@@ -20,9 +20,10 @@ syncing the same simulated data set into a fresh database, measured side by side
   A CHECKPOINT before each contender writes out the previous one's dirty pages, and with
   `--repeat` each repeat starts with the next contender, so no contender always follows another.
 - Correctness: row count, distinct task ids, the sum of the task ids and, per currency, the sums
-  of the three fee strings (`taskSumPayFee`, `groupCallPayFee`, `smsPayFee`) in the contender's
-  table equal the simulator's (regenerated in-process from the same seed); a NULL currency or
-  amount is a difference, not a crash.
+  of the three fee strings (`taskSumPayFee`, `groupCallPayFee`, `smsPayFee`), and of task id x
+  amount (each amount on its own task), in the contender's table equal the simulator's
+  (regenerated in-process from the same seed); a NULL currency or amount is a difference, not a
+  crash.
 - Where the time goes: the pipeline's wall time split at its Dagster run's events (process
   start-up, run set-up with its planned events, the asset step's sync, the per-partition
   materialization events, the check steps, exit) and the baseline's (start-up, serial fetch,
@@ -57,7 +58,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,17 @@ class Totals:
     #: (fee column, currency) -> sum of its amounts, for every fee string (FEE_FIELDS)
     fee_sums: dict[tuple[str, str], Decimal | None]
     id_sum: int  # sum of the task ids: the right rows, not only the right number of them
+    #: (fee column, currency) -> sum of task id x amount: each amount on its own task (fees
+    #: swapped between tasks, a column out of step with the rows, leave the plain sums as they were)
+    fee_by_task: dict[tuple[str, str], Decimal | None] = field(default_factory=dict)
 
     def sums_of(self, column: str) -> dict[str, Decimal | None]:
         """Currency -> sum of one fee column's amounts."""
         return {c: v for (k, c), v in sorted(self.fee_sums.items()) if k == column}
+
+    def by_task_of(self, column: str) -> dict[str, Decimal | None]:
+        """Currency -> sum of task id x amount of one fee column."""
+        return {c: v for (k, c), v in sorted(self.fee_by_task.items()) if k == column}
 
     @property
     def fees(self) -> dict[str, Decimal | None]:
@@ -113,19 +121,24 @@ def expected_totals(config: SimulatorConfig, days: list[date]) -> Totals:
     """What the simulator serves for `days`, regenerated from the same seed (deterministic)."""
     store = TaskStore(config)
     sums: dict[tuple[str, str], Decimal | None] = {}
+    by_task: dict[tuple[str, str], Decimal | None] = {}
     ids: set[int] = set()
     rows = id_sum = 0
-    for day in days:
-        for task in store.day(day):
-            for name, column in FEE_FIELDS:
-                fee: str = task.record[name]
-                amount, currency = fee[:-5], fee[-4:-1]
-                key = (column, currency)
-                sums[key] = (sums.get(key) or Decimal(0)) + Decimal(amount)
-            ids.add(task.task_id)
-            id_sum += task.task_id
-            rows += 1
-    return Totals(rows, len(ids), sums, id_sum)
+    with localcontext() as exact:
+        exact.prec = 100  # as exact as PostgreSQL's numeric: no rounding of the products' sum
+        for day in days:
+            for task in store.day(day):
+                for name, column in FEE_FIELDS:
+                    fee: str = task.record[name]
+                    amount, currency = fee[:-5], fee[-4:-1]
+                    key = (column, currency)
+                    value = Decimal(amount)
+                    sums[key] = (sums.get(key) or Decimal(0)) + value
+                    by_task[key] = (by_task.get(key) or Decimal(0)) + task.task_id * value
+                ids.add(task.task_id)
+                id_sum += task.task_id
+                rows += 1
+    return Totals(rows, len(ids), sums, id_sum, by_task)
 
 
 def measured_totals(url: str, contender: str) -> Totals:
@@ -134,6 +147,7 @@ def measured_totals(url: str, contender: str) -> Totals:
     rows (dlt creates none when it loads nothing, as with `--tasks 0`)."""
     table = "laaffic.group_call_tasks" if contender == "dlt" else "public.group_call_tasks"
     sums: dict[tuple[str, str], Decimal | None] = {}
+    by_task: dict[tuple[str, str], Decimal | None] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
         if not found or found[0] is None:
@@ -144,13 +158,16 @@ def measured_totals(url: str, contender: str) -> Totals:
         for _, column in FEE_FIELDS:
             fees = conn.execute(
                 f"SELECT {column}_currency, sum({column}_amount), count({column}_amount), "
-                f"count(*) FROM {table} GROUP BY 1 ORDER BY 1"
+                f"count(*), sum(task_id::numeric * {column}_amount) FROM {table} "
+                "GROUP BY 1 ORDER BY 1"
             ).fetchall()
-            for currency, total, amounts, count in fees:
+            for currency, total, amounts, count, weighted in fees:
                 # A NULL amount among others would vanish from the sum: it makes the sum None.
-                value = Decimal(total) if total is not None and amounts == count else None
-                sums[(column, "NULL" if currency is None else str(currency).strip())] = value
-    return Totals(int(rows), int(distinct), sums, int(id_sum))
+                complete = total is not None and amounts == count
+                key = (column, "NULL" if currency is None else str(currency).strip())
+                sums[key] = Decimal(total) if complete else None
+                by_task[key] = Decimal(weighted) if complete else None
+    return Totals(int(rows), int(distinct), sums, int(id_sum), by_task)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -527,6 +544,8 @@ def check(expected: Totals, got: Totals) -> tuple[bool, str]:
         mine, theirs = got.sums_of(column), expected.sums_of(column)
         if mine != theirs:
             problems.append(f"fees {column} {mine} != {theirs}")
+        elif got.by_task_of(column) != expected.by_task_of(column):
+            problems.append(f"fees {column}: the right sums, but on the wrong tasks")
     return not problems, "; ".join(problems) or (
         f"{got.rows} rows, fees " + ", ".join(f"{v} {c}" for c, v in sorted(got.fees.items()))
     )

@@ -89,3 +89,55 @@ def test_no_table_is_no_rows(database_url: str, contender: str) -> None:
     assert correct, detail
     many = check(expected_totals(SimulatorConfig(), DAYS), measured_totals(database_url, contender))
     assert not many[0]
+
+
+def test_a_lost_row_fails(loaded: str) -> None:
+    _execute(
+        loaded,
+        "DELETE FROM group_call_tasks WHERE task_id = (SELECT min(task_id) FROM group_call_tasks)",
+    )
+    correct, detail = _verdict(loaded)
+    assert not correct
+    assert "rows" in detail
+
+
+def test_a_row_stored_twice_fails(loaded: str) -> None:
+    """dlt's table has no primary key: a contender could store a task twice."""
+    _execute(
+        loaded,
+        "CREATE SCHEMA laaffic; "
+        "CREATE TABLE laaffic.group_call_tasks AS SELECT * FROM public.group_call_tasks; "
+        "INSERT INTO laaffic.group_call_tasks SELECT * FROM public.group_call_tasks "
+        "WHERE task_id = (SELECT min(task_id) FROM public.group_call_tasks)",
+    )
+    correct, detail = _verdict(loaded, "dlt")
+    assert not correct
+    assert "duplicate" in detail
+
+
+def test_a_fee_off_by_its_last_digit_fails(loaded: str) -> None:
+    _execute(
+        loaded,
+        "UPDATE group_call_tasks SET task_sum_pay_fee_amount = task_sum_pay_fee_amount + 0.000001 "
+        "WHERE task_id = (SELECT min(task_id) FROM group_call_tasks)",
+    )
+    correct, _ = _verdict(loaded)
+    assert not correct
+
+
+def test_fees_stored_on_the_wrong_tasks_fail(loaded: str) -> None:
+    """Right rows, right ids, right totals, but two tasks' fees swapped (a column out of step
+    with the rows, say): each task's amounts must be its own."""
+    _execute(
+        loaded,
+        "WITH two AS (SELECT task_id, task_sum_pay_fee_amount AS amount, "
+        "row_number() OVER (ORDER BY task_id) AS n FROM group_call_tasks "
+        "WHERE task_sum_pay_fee_currency = 'USD' AND task_sum_pay_fee_amount > 0 "
+        "ORDER BY task_id LIMIT 2) "
+        "UPDATE group_call_tasks g SET task_sum_pay_fee_amount = other.amount "
+        "FROM two this, two other "
+        "WHERE g.task_id = this.task_id AND other.n = 3 - this.n",
+    )
+    correct, detail = _verdict(loaded)
+    assert not correct
+    assert "task_sum_pay_fee" in detail
