@@ -846,9 +846,12 @@ def report(summaries: dict[str, Summary], header: str) -> str:
         if again and not (again.ok and pipeline.ok):
             lines.append("resync: failed or wrong (see above)")
         elif again and again.wall:
+            speed = pipeline.wall / again.wall
+            # (a small run's re-sync can take longer: "0.54x faster" would read as a speed-up)
+            relative = f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"
             lines.append(
-                f"resync (unchanged data): {again.wall:.2f}s, {pipeline.wall / again.wall:.2f}x "
-                f"faster than the first sync; rows rewritten: "
+                f"resync (unchanged data): {again.wall:.2f}s, {relative} than the first sync; "
+                "rows rewritten: "
                 f"{again.extra.get('rows_rewritten_xmin')} (xmin changed), sync log "
                 f"inserted {again.extra.get('sync_log_inserted')} / updated "
                 f"{again.extra.get('sync_log_updated')}"
