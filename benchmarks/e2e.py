@@ -10,8 +10,10 @@ syncing the same simulated data set into a fresh database, measured side by side
 - Each contender runs in its own subprocess (own session), against its own fresh database created
   on `--server-url` (else WAREHOUSE_URL, else TEST_DATABASE_URL, else an embedded PostgreSQL in
   the work directory). Wall time, CPU seconds (user + sys of the process and the children it
-  waited for, from wait4) and peak RSS (ru_maxrss of that tree) are measured per contender by a
-  small wrapper process (`benchmarks.measure`), so the harness's own memory does not count.
+  waited for, from wait4) and peak RSS (ru_maxrss from wait4: the highest peak of any one process
+  of that tree, not their sum; every contender does its work in one process, the pipeline with
+  Dagster's in-process executor) are measured per contender by a small wrapper process
+  (`benchmarks.measure`), so the harness's own memory does not count.
   1. pipeline: `python -m dagster asset materialize -m pipelines.definitions --select
      group_call_tasks --partition-range FIRST...LAST` (a single-run backfill as a user launches
      it; Dagster start-up included), DAGSTER_HOME a local instance with the project's dagster.yaml.

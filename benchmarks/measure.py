@@ -6,7 +6,8 @@ A separate small process on purpose: on Linux a child's `ru_maxrss` starts from 
 process that forked it (the high-water mark survives exec), so measuring straight from the
 harness, which holds the expected data, would put a floor under every contender's peak RSS. This
 process imports nothing heavy; the command is posix_spawn-ed from it and reaped with wait4, whose
-rusage covers the command and every descendant it waited for.
+rusage covers the command and every descendant it waited for (CPU summed; ru_maxrss is the
+highest peak of any one of them, not the sum of processes that ran at once).
 """
 
 from __future__ import annotations
