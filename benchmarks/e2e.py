@@ -908,6 +908,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.contenders) - set(CONTENDERS)
     if unknown or not args.contenders:
         parser.error(f"--contenders: choose from {', '.join(CONTENDERS)}")
+    twice = sorted({c for c in args.contenders if args.contenders.count(c) > 1})
+    if twice:  # each gets a database named after it (measure one more often: --repeat)
+        parser.error(f"--contenders: {', '.join(map(repr, twice))} named twice; use --repeat")
     if args.resync and "pipeline" not in args.contenders:
         parser.error("--resync needs the pipeline contender")
     if args.tasks < 0 or args.days < 1 or args.repeat < 1:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.e2e import Summary, report
+import pytest
+
+from benchmarks.e2e import Summary, parse_args, report
 
 
 def _summary(contender: str, wall: float) -> Summary:
@@ -43,3 +45,14 @@ def test_a_faster_resync_is_called_faster() -> None:
         "header",
     )
     assert "2.00x faster than the first sync" in text
+
+
+def test_a_contender_named_twice_is_refused_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each contender gets its own database named after it: a second one of the same name met
+    DuplicateDatabase half way through the run, after the first had been measured."""
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--contenders", "pipeline,baseline,pipeline"])
+    assert exited.value.code == 2
+    assert "--contenders: 'pipeline' named twice" in capsys.readouterr().err
