@@ -1,10 +1,11 @@
 """A faithful local stand-in for `POST /voice/group/call/query`, plus fault injection.
 
 Real HTTP on 127.0.0.1 only. It checks the signed headers and the timestamp window, validates the
-body as the contract does (-22 otherwise), filters on the inclusive creation window, status list
-and search text, and lists newest first. Data is deterministic for a seed: each account-local day's
-tasks are generated the first time the day is asked for. Admin endpoints under `/_sim/` (and the
-methods behind them) advance in-progress tasks, inject faults and report request counts;
+body and its Content-Type as the contract does (-22 otherwise), filters on the inclusive creation
+window, status list and search text, and lists newest first. Data is deterministic for a seed:
+each account-local day's tasks are generated the first time the day is asked for. Admin endpoints
+under `/_sim/` (and the methods behind them) advance in-progress tasks, inject faults and report
+request counts;
 `TaskStore.add_raw` serves a crafted record as it is (tests of bad input), `add_live_task` and
 `delete` create and remove tasks (drift while a client pages).
 
@@ -378,8 +379,14 @@ class Simulator:
             return -16, "timestamp expired"
         return None
 
-    def validate(self, body: Any) -> tuple[dict[str, Any], str | None]:
-        """The body's parsed parameters, or a -22 message naming the problem."""
+    def validate(self, body: Any, content_type: str | None) -> tuple[dict[str, Any], str | None]:
+        """The body's parsed parameters, or a -22 message naming the problem. A body not sent as
+        `application/json` (the contract's Content-Type) is not read as JSON, whatever it holds:
+        a client that drops the header must fail here as it would against the real service (how
+        that refuses it is not documented: -22 is inferred)."""
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            return {}, f"Content-Type must be application/json, got {content_type!r}"
         if not isinstance(body, dict):
             return {}, "body must be a JSON object"
         current, size, params = body.get("current"), body.get("size"), body.get("params")
@@ -551,7 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             body = None
-        query, problem = sim.validate(body)
+        query, problem = sim.validate(body, self.headers.get("Content-Type"))
         if problem:
             sim.count("refused:-22")
             self._send(200, _code(-22, f"parameter exception: {problem}"))

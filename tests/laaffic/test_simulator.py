@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -126,6 +127,34 @@ def test_headers_are_checked(serve: Serve, make_headers: Any, code: int) -> None
     server = serve()
     assert raw_query(server, body(), make_headers(server.simulator.config))["code"] == code
     assert server.simulator.stats.outcomes[f"refused:{code}"] == 1
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "text/json", None]
+)
+def test_a_body_not_labelled_json_is_minus_22(serve: Serve, content_type: str | None) -> None:
+    """The contract's Content-Type is application/json;charset=UTF-8; a JSON body labelled as
+    something else (or not labelled) is not read as JSON by the real service, so a client that
+    forgot the header must fail here as well, not only against the real thing."""
+    server = serve()
+    headers = signed_headers(server.simulator.config)
+    del headers["Content-Type"]
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    answer = raw_query(server, None, headers, data=json.dumps(body()).encode())
+    assert answer["code"] == -22
+    assert "Content-Type" in answer["msg"]
+    assert server.simulator.stats.outcomes["refused:-22"] == 1
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json;charset=UTF-8", "application/json", "Application/JSON; charset=utf-8"],
+)
+def test_a_body_labelled_json_is_read(serve: Serve, content_type: str) -> None:
+    server = serve()
+    headers = {**signed_headers(server.simulator.config), "Content-Type": content_type}
+    assert raw_query(server, body(), headers)["code"] == 0
 
 
 def test_unknown_paths_are_404(serve: Serve) -> None:
