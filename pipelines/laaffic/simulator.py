@@ -408,7 +408,9 @@ class Simulator:
             return {}, f"the window may span at most {self.config.max_window_days} days"
         if params.get("taskType") != TASK_TYPE_AI_AGENT:
             return {}, f"taskType must be 3, got {params.get('taskType')!r}"
-        statuses = params.get("statusList") or []
+        statuses = params.get("statusList")
+        if statuses is None:
+            statuses = []  # optional: null or left out is no filter (0, "" or {} are no list)
         if not isinstance(statuses, list) or not all(
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 6 for s in statuses
         ):

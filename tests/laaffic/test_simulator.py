@@ -47,6 +47,11 @@ WEEK = [DAY + timedelta(days=n) for n in range(7)]
         (body(statusList=[7]), "statusList must be a list of status codes 0..6, got [7]"),
         (body(statusList=[-1]), "statusList must be a list of status codes 0..6"),
         (body(statusList=2), "statusList must be a list of status codes 0..6"),
+        # Not a list, though falsy: these were read as "no filter" instead of refused.
+        (body(statusList=0), "statusList must be a list of status codes 0..6, got 0"),
+        (body(statusList=""), "statusList must be a list of status codes 0..6, got ''"),
+        (body(statusList={}), "statusList must be a list of status codes 0..6, got {}"),
+        (body(statusList=False), "statusList must be a list of status codes 0..6, got False"),
         (body(start="2024/06/04 00:00:00"), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
         (body(end="2024-06-04T23:59:59"), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
         (body(start="2024-06-04"), "strTime and endTime must be yyyy-MM-dd HH:mm:ss"),
@@ -84,6 +89,7 @@ def test_a_body_that_is_not_json_is_minus_22(serve: Serve) -> None:
         body(size=1),
         body(size=100, current=99),
         body(statusList=[0, 6]),
+        body(statusList=None),  # optional: null is no filter, as leaving it out is
         body(idxAppId=12, searchCondition=""),
         body(start="2024-06-04 00:00:00", end="2024-07-05 00:00:00"),  # exactly 31 days
     ],
