@@ -368,7 +368,8 @@ class Simulator:
             headers.get("Timestamp"),
             headers.get("Sign"),
         )
-        if key != cfg.api_key or not timestamp or not timestamp.isdigit() or not signature:
+        digits = bool(timestamp) and timestamp.isascii() and timestamp.isdigit()  # ("²": no int)
+        if key != cfg.api_key or not digits or not signature:
             return -1, "authentication error"
         if signature != sign(cfg.api_key, cfg.api_secret, timestamp):
             return -1, "authentication error"

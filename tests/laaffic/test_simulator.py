@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from pipelines.laaffic.client import QUERY_PATH
+from pipelines.laaffic.client import QUERY_PATH, sign
 from pipelines.laaffic.models import FINAL_STATUSES, OPEN_STATUSES, TaskRecord
 from pipelines.laaffic.simulator import (
     Simulator,
@@ -117,6 +117,17 @@ def _not_a_number(config: SimulatorConfig) -> dict[str, str]:
     return {**signed_headers(config), "Timestamp": "17e8"}
 
 
+def _not_ascii_digits(config: SimulatorConfig) -> dict[str, str]:
+    """Validly signed, but "²" is a digit to str.isdigit and none to int(): the handler crashed
+    and dropped the connection (a transient failure to a client) instead of answering -1."""
+    headers = signed_headers(config)
+    return {
+        **headers,
+        "Timestamp": "\u00b2",
+        "Sign": sign(config.api_key, config.api_secret, "\u00b2"),
+    }
+
+
 @pytest.mark.parametrize(
     ("make_headers", "code"),
     [
@@ -125,6 +136,7 @@ def _not_a_number(config: SimulatorConfig) -> dict[str, str]:
         (lambda c: {**signed_headers(c), "Sign": ""}, -1),
         (lambda c: {k: v for k, v in signed_headers(c).items() if k != "Sign"}, -1),
         (_not_a_number, -1),
+        (_not_ascii_digits, -1),
         (_stale, -16),  # validly signed, an hour old
         (_milliseconds, -16),  # validly signed, but milliseconds rather than seconds
     ],
