@@ -316,3 +316,35 @@ def test_dev_follows_open_tasks_every_minute_only_on_the_simulator(
     result = run_python(args, simulated, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "interval: 60" in result.stdout, result.stdout
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_stops_the_demo_without_syncing_the_range_again(
+    tmp_path: Path, pgdata: Path
+) -> None:
+    """Ctrl-C during the demo's run interrupted its step, which Dagster turned into a retry (the
+    asset has a RetryPolicy; the in-process executor checks for no interrupt): ~30 s later the
+    step synced the whole range again and the demo reported success, exit 0. It now stops: the
+    run fails naming the days committed, and what the demo started is stopped."""
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "home")),
+        LAAFFIC_EMBEDDED_PGDATA=str(pgdata),
+        LAAFFIC_START_DATE="2019-01-01",
+    )
+    demo = [sys.executable, "-m", "pipelines", "demo", "--days", "2000"]
+    process = Process(demo, env, tmp_path / "demo.log")
+    try:
+        deadline = time.monotonic() + 120
+        while "syncing 2000 day(s)" not in process.output():
+            assert process.popen.poll() is None, process.output()[-3000:]
+            assert time.monotonic() < deadline, process.output()[-3000:]
+            time.sleep(0.05)
+        process.signal_group(signal.SIGINT)  # Ctrl-C, the first days being synced
+        code = process.wait(timeout=60)
+        output = process.output()
+        assert code == 1, output[-3000:]
+        assert "run terminated" in output and "FAILED" in output, output[-3000:]
+        assert output.count("syncing 2000 day(s)") == 1, output[-3000:]  # not retried
+        assert not embedded_postgres_running(pgdata)
+    finally:
+        process.stop(signal.SIGINT, grace=30)

@@ -242,8 +242,8 @@ def _without_step_retries(assets_def: AssetsDefinition) -> AssetsDefinition:
 def _week_without_step_retries(
     instance: DagsterInstance, run_resources: dict[str, Any]
 ) -> ExecuteInProcessResult:
-    """Materialize WEEK in one run, as a terminated or failed run meets it: without the step's
-    RetryPolicy (Dagster retries an interrupted step that has one; a terminated run stops)."""
+    """Materialize WEEK in one run without the step's RetryPolicy: a failed attempt is the
+    run's last."""
     return materialize(
         [_without_step_retries(group_call_tasks)],
         resources=run_resources,
@@ -278,13 +278,25 @@ def test_a_terminated_range_run_records_the_days_it_committed(
         )
     }
     with DagsterInstance.ephemeral() as instance:
-        # Without the step's RetryPolicy: Dagster retries an interrupted step that has one (its
-        # attempt would then pass), whereas a terminated run stops.
-        result = _week_without_step_retries(instance, sequential)
+        # With the step's RetryPolicy: Dagster turns an interrupt into a retry, and the
+        # in-process executor, which never checks for one, ran it ~30 s later, syncing the rest
+        # of the range: a terminated run (or Ctrl-C) did not stop.
+        result = materialize(
+            [group_call_tasks],
+            resources=sequential,
+            instance=instance,
+            tags=range_tags(WEEK[0], WEEK[-1]),
+            raise_on_error=False,
+        )
         assert not result.success
+        events = [e.event_type_value for e in result.all_events]
+        assert "STEP_UP_FOR_RETRY" not in events
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        error = failure.step_failure_data.error  # type: ignore[union-attr]
-        assert error is not None and error.cls_name == "DagsterExecutionInterruptedError"
+        data = failure.step_failure_data  # type: ignore[union-attr]
+        assert data.user_failure_data is not None
+        assert data.user_failure_data.description.startswith("run terminated")
+        assert data.error is not None
+        assert "DagsterExecutionInterruptedError" in data.error.to_string()
         # The interrupt lands while the third day is normalised or the fourth read: the write
         # under way finishes, none queued after it starts. What was committed is a prefix.
         stored = stored_days(database_url)
