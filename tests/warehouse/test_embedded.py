@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from psycopg import sql
 
 from pipelines.warehouse.embedded import (
     EMBEDDED_DATABASE,
+    embedded_postgres_running,
     embedded_warehouse_url,
     start_embedded_postgres,
 )
@@ -66,3 +71,39 @@ def test_processes_starting_at_once_all_get_the_database(pgdata: Path) -> None:
         assert len(set(urls)) == 1 and len(urls) == 8
         with psycopg.connect(urls[0]) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == (EMBEDDED_DATABASE,)
+
+
+_RESOLVE = "from pipelines.warehouse.embedded import embedded_warehouse_url as u; print(u())"
+
+
+@pytest.mark.timeout(120)
+def test_a_stale_postmaster_pid_naming_a_live_process_does_not_block_the_start(
+    pgdata: Path,
+) -> None:
+    """A server killed outright (a crash, a reboot) leaves postmaster.pid behind; once its PID
+    belongs to another process (PIDs are reused, soon after a container restarts), the server
+    was taken for running: every command failed on a socket that does not exist ("connection
+    to server on socket .../.s.PGSQL.5432 failed: No such file or directory")."""
+    env = {**os.environ, "LAAFFIC_EMBEDDED_PGDATA": str(pgdata)}
+    started = subprocess.run(
+        [sys.executable, "-c", _RESOLVE], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert started.returncode == 0, started.stderr
+    pid_file = pgdata / "postmaster.pid"
+    stale = pid_file.read_text().splitlines()
+    postmaster = psutil.Process(int(stale[0]))
+    postmaster.kill()  # killed outright: its postmaster.pid stays
+    postmaster.wait(30)
+    with subprocess.Popen(["sleep", "60"]) as other:  # now holding the server's PID, say
+        try:
+            pid_file.write_text("\n".join([str(other.pid), *stale[1:]]) + "\n")
+            # Taken for running, `python -m pipelines demo` would not stop what it starts.
+            assert not embedded_postgres_running(pgdata)
+            again = subprocess.run(
+                [sys.executable, "-c", _RESOLVE], env=env, capture_output=True, text=True,
+                timeout=90,
+            )  # fmt: skip
+            assert again.returncode == 0, again.stderr
+            assert other.poll() is None  # not taken for the server and stopped
+        finally:
+            other.kill()
