@@ -16,11 +16,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 import requests
-from dagster import AssetKey, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterEventType, DagsterRunStatus, RunsFilter
 
 from pipelines.laaffic.simulator import SimulatorServer
+from pipelines.warehouse.migrate import apply_migrations
 from tests.defs.helpers import (
     PROJECT_ROOT,
     VENV_BIN,
@@ -191,10 +193,12 @@ def _wait_for(what: str, probe: Callable[[], T | None], timeout: float, services
         time.sleep(1)
 
 
-def test_backfill_launched_like_the_ui_is_one_run_and_materializes_the_week(
-    services: tuple[Services, Path], simulator: SimulatorServer, database_url: str
-) -> None:
-    started, home = services
+GraphQL = Callable[..., dict[str, Any]]
+
+
+def _webserver(started: Services) -> GraphQL:
+    """Start the webserver on a free port; once it has loaded the code location, return a
+    function that posts a GraphQL query to it, as the UI does."""
     port = free_port()
     graphql_url = f"http://127.0.0.1:{port}/graphql"
 
@@ -223,8 +227,12 @@ def test_backfill_launched_like_the_ui_is_one_run_and_materializes_the_week(
         return True
 
     _wait_for("the webserver to load the code location", location_loaded, STARTUP_TIMEOUT, started)
+    return graphql
 
-    # What the asset page's "Materialize selected" -> partition range -> "Launch backfill" sends.
+
+def _launch_week_backfill(graphql: GraphQL) -> str:
+    """What the asset page's "Materialize selected" -> partition range -> "Launch backfill"
+    sends, for WEEK; the backfill's id."""
     launched = graphql(
         LAUNCH_PARTITION_BACKFILL,
         backfillParams={
@@ -235,7 +243,16 @@ def test_backfill_launched_like_the_ui_is_one_run_and_materializes_the_week(
         },
     )["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    backfill_id: str = launched["backfillId"]
+    return backfill_id
+
+
+def test_backfill_launched_like_the_ui_is_one_run_and_materializes_the_week(
+    services: tuple[Services, Path], simulator: SimulatorServer, database_url: str
+) -> None:
+    started, home = services
+    graphql = _webserver(started)
+    backfill_id = _launch_week_backfill(graphql)
 
     # The daemon (started now, so its first pass already sees the backfill) carries it out.
     started.start("dagster-daemon", "run", "-w", "workspace.yaml")
@@ -288,3 +305,63 @@ def test_backfill_launched_like_the_ui_is_one_run_and_materializes_the_week(
         assert {r.run_id for r in records} == {run["id"]}
     assert stored_days(database_url) == {d: len(simulator.simulator.store.day(d)) for d in WEEK}
     assert stored_tasks(database_url) == simulated(simulator, WEEK)
+
+
+TERMINATE_RUNS = """
+mutation TerminateRuns($runIds: [String!]!) {
+  terminateRuns(runIds: $runIds) {
+    __typename
+    ... on TerminateRunsResult { terminateRunResults {
+      __typename
+      ... on TerminateRunFailure { message }
+      ... on PythonError { message }
+    } }
+    ... on PythonError { message }
+  }
+}
+"""
+RUN = """
+query Run($id: ID!) {
+  runOrError(runId: $id) { __typename ... on Run { status } }
+}
+"""
+
+
+def test_a_run_terminated_from_the_ui_stops_and_keeps_the_days_it_committed(
+    services: tuple[Services, Path], simulator: SimulatorServer, database_url: str
+) -> None:
+    """The UI's Terminate interrupts the run's step. Dagster turns an interrupt of a step with a
+    RetryPolicy into a retry, which the in-process executor ran ~30 s later, syncing the rest of
+    the range: the run ended SUCCESS. It now stops; the days it committed stay materialized, the
+    rest are not stored."""
+    started, home = services
+    # 250 tasks a day (three pages), every answer 0.3 s: the week takes several seconds a day.
+    simulator.simulator.configure(day_counts=dict.fromkeys(WEEK, 250), latency_seconds=0.3)
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn)  # (what the run does first: the test looks at the table sooner)
+    graphql = _webserver(started)
+    backfill_id = _launch_week_backfill(graphql)
+    started.start("dagster-daemon", "run", "-w", "workspace.yaml")
+
+    def first_day_committed() -> str | None:
+        runs = graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]["runs"]
+        return runs[0]["id"] if runs and stored_days(database_url) else None
+
+    run_id = _wait_for("a first committed day", first_day_committed, BACKFILL_TIMEOUT, started)
+    terminated = graphql(TERMINATE_RUNS, runIds=[run_id])["terminateRuns"]
+    assert terminated["__typename"] == "TerminateRunsResult", terminated
+    assert [r["__typename"] for r in terminated["terminateRunResults"]] == ["TerminateRunSuccess"]
+
+    def run_finished() -> str | None:
+        status: str = graphql(RUN, id=run_id)["runOrError"]["status"]
+        return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+    status = _wait_for("the terminated run to finish", run_finished, 120, started)
+    assert status != "SUCCESS", started.diagnostics()
+    committed = sorted(stored_days(database_url))
+    assert committed == WEEK[: len(committed)] and len(committed) < len(WEEK), committed
+    assert stored_tasks(database_url) == simulated(simulator, committed)
+    with open_instance(home) as instance:
+        events = instance.all_logs(run_id)
+        assert not [e for e in events if e.dagster_event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+        assert instance.get_materialized_partitions(ASSET) == {d.isoformat() for d in committed}
