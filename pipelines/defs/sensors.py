@@ -16,7 +16,7 @@ from dagster import (
     build_sensor_for_freshness_checks,
     sensor,
 )
-from dagster._core.storage.tags import RUN_KEY_TAG
+from dagster._core.storage.tags import PRIORITY_TAG, RUN_KEY_TAG
 
 from pipelines.defs.assets import DAILY_PARTITIONS, SETTINGS
 from pipelines.defs.checks import FRESHNESS_CHECKS
@@ -32,6 +32,10 @@ REASON_TAG = "laaffic/reason"
 #: launches no run for a key a run already has.
 STATE_TAG = "laaffic/open_tasks_state"
 FAILED_STATUSES = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+#: Refreshes are background work, a run per day with open tasks (a month of them, say): the run
+#: queue launches runs of a higher `dagster/priority` first, so below the default (0) they wait
+#: behind a backfill launched from the UI and the schedule's daily run, not the other way round.
+REFRESH_PRIORITY = -1
 
 
 def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> dict[str, int]:
@@ -65,7 +69,8 @@ def failed_refreshes(context: SensorEvaluationContext, since: datetime) -> dict[
         f"{SETTINGS.open_tasks_horizon_days} days after creation. "
         "One run per day; its run key is the day's latest sync and the retry after its refreshes "
         "that failed or were canceled, so a refresh queued, running or done is never requested "
-        "twice, and a failed one is requested again on a later tick."
+        "twice, and a failed one is requested again on a later tick. Queued below the default "
+        "priority: UI backfills and the schedule's runs go first."
     ),
 )
 def open_tasks_sensor(
@@ -99,6 +104,7 @@ def open_tasks_sensor(
                 tags={
                     REASON_TAG: "open-tasks",
                     STATE_TAG: state,
+                    PRIORITY_TAG: str(REFRESH_PRIORITY),
                     "laaffic/open_tasks": str(d.open_tasks),
                 },
             )

@@ -16,7 +16,7 @@ from dagster import (
     build_sensor_context,
     materialize,
 )
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+from dagster._core.storage.tags import PRIORITY_TAG, RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from pipelines.definitions import defs
 from pipelines.defs.assets import SETTINGS, group_call_tasks
@@ -331,3 +331,19 @@ def test_a_refresh_is_requested_again_after_a_failed_one_was_deleted(database_ur
 
         request = _request_for(_evaluate(instance, database_url), day.isoformat())
         assert not instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: request.run_key or ""}))
+
+
+def test_refreshes_queue_behind_the_runs_people_and_the_schedule_launch(database_url: str) -> None:
+    """Refreshes are background work, one run per day with open tasks (a month of days, say):
+    queued at the default priority, a backfill launched from the UI, or the day's scheduled run,
+    waited behind all of them (the API pool runs one at a time). The run queue dequeues runs of
+    a higher `dagster/priority` first: the refreshes' is below the default (0)."""
+    day = _recent_days(1)[0]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_migrations(conn)
+        write(conn, make_records(day, 5, first_id=7_000_000, open_fraction=1), day)
+    with DagsterInstance.ephemeral() as instance:
+        request = _request_for(_evaluate(instance, database_url), day.isoformat())
+    assert int(request.tags[PRIORITY_TAG]) < 0
+    schedule_tags = DAILY_SYNC_JOB.tags or {}
+    assert int(schedule_tags.get(PRIORITY_TAG, 0)) == 0
