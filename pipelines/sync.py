@@ -5,13 +5,15 @@ Plain functions, no Dagster: the asset wraps them, tests and benchmarks call the
 
 from __future__ import annotations
 
+import math
+import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -26,6 +28,7 @@ from pipelines.warehouse.normalise import (
     raw_payloads,
 )
 from pipelines.warehouse.writer import (
+    CommitTurn,
     WriteResult,
     stored_days,
     unchanged_records,
@@ -37,8 +40,180 @@ T = TypeVar("T")
 
 
 class WriterHalted(Exception):
-    """A task of the writer thread that did not run: an earlier one failed (or the sync was left),
-    and nothing is written after a failure."""
+    """A task of the writer lanes that did not run, or rolled back before its commit: an earlier
+    one failed (or the sync was stopped), and nothing is written after a failure."""
+
+
+#: A lane task's rows, by taskId (`None`: it may touch any task's, so it runs alone).
+Keys = frozenset[int] | None
+
+
+@dataclass(eq=False)
+class _LaneTask:
+    seq: int
+    keys: Keys
+    locked: threading.Event = field(default_factory=threading.Event)  # its turn's lock, or ended
+    ended: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+    def conflicts(self, keys: Keys) -> bool:
+        return self.keys is None or keys is None or not self.keys.isdisjoint(keys)
+
+
+class _Turn:
+    """`CommitTurn` of a lane task: its transaction first takes an advisory lock of its own and,
+    last, waits for the one of the write queued before it, so PostgreSQL itself orders their
+    commits (two transactions ever waiting on each other would be a deadlock it reports, not a
+    hang); then it commits only if that write committed and the sync did not halt it."""
+
+    def __init__(self, lanes: _WriteLanes, task: _LaneTask, after: _LaneTask | None) -> None:
+        self.lanes, self.task, self.after = lanes, task, after
+
+    def begin(self, conn: psycopg.Connection) -> None:
+        conn.execute(_TURN_LOCK, (self.lanes.token + self.task.seq,))
+        self.task.locked.set()
+
+    def before_commit(self, conn: psycopg.Connection) -> None:
+        after = self.after
+        if after is not None:
+            after.locked.wait()
+            conn.execute(_WAIT_FOR_TURN, (self.lanes.token + after.seq,))  # until it ends
+            after.ended.wait()
+            if not after.ok:
+                raise WriterHalted("rolled back: the write queued before it did not commit")
+        self.lanes.check(self.task, "rolled back")
+
+
+_TURN_LOCK = b"SELECT pg_advisory_xact_lock(%s)"
+_WAIT_FOR_TURN = b"SELECT pg_advisory_xact_lock_shared(%s)"
+
+
+class _WriteLanes:
+    """The sync's database work (writes, comparisons, shortcut logs) on `lanes` threads, each
+    with a connection of its own: lane 0 uses the sync's, the others open theirs on first use
+    (`connect`). With two, PostgreSQL parses and indexes one day's rows while the previous
+    day's commit: a year's first load is otherwise bound by a single backend's CPU.
+
+    They keep what a single writer thread gave:
+    - writes (and shortcut logs) commit in the order they were queued (`_Turn`);
+    - a task starts only after the earlier tasks still under way whose tasks (taskIds) it
+      shares have ended, so their row locks never meet and a comparison sees what an earlier
+      write wrote; one that may touch any task's rows (`keys` None) waits for all of them;
+    - a task that fails halts every task queued after it: it does not start, or rolls back;
+    - stopped (`stop`), the earliest task under way finishes and none after it commits.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        connect: Callable[[], AbstractContextManager[psycopg.Connection]] | None,
+        lanes: int,
+    ) -> None:
+        if lanes > 1 and connect is None:
+            raise ValueError("more than one write lane needs `connect`")
+        self.pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="laaffic-writer")
+        self.lanes = lanes
+        self.token = secrets.randbits(62)  # this sync's turn locks: token + seq
+        self._connect = connect
+        self._free = [conn]  # lane connections not yet claimed by a lane thread
+        self._opened = ExitStack()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._under_way: dict[int, _LaneTask] = {}  # queued or running, not ended
+        self._running: set[int] = set()
+        self._last_commit: _LaneTask | None = None
+        self._halt_from = math.inf  # tasks from this seq on neither start nor commit
+        self._failures: list[tuple[int, BaseException]] = []
+
+    def submit(
+        self,
+        doing: str,
+        fn: Callable[[psycopg.Connection, _Turn | None], T],
+        *,
+        keys: Keys,
+        commits: bool,
+    ) -> Future[T]:
+        """Queue `fn(lane connection, turn)`; `turn` (with `commits`, on more than one lane)
+        orders its commit.
+        An error is noted with what it was `doing` (a database's error does not say which day)."""
+        with self._lock:
+            task = _LaneTask(self._seq, keys)
+            self._seq += 1
+            before = [t for t in self._under_way.values() if t.conflicts(keys)]
+            # (One lane runs its tasks one after another: in order already.)
+            turn = _Turn(self, task, self._last_commit) if commits and self.lanes > 1 else None
+            if commits:
+                self._last_commit = task
+            self._under_way[task.seq] = task
+
+        def run() -> T:
+            try:
+                for earlier in before:
+                    earlier.ended.wait()
+                self.check(task, "not run", start=True)
+                try:
+                    result = fn(self._connection(), turn)
+                except BaseException as exc:
+                    if not isinstance(exc, WriterHalted):
+                        if isinstance(exc, Exception):
+                            exc.add_note(f"while {doing}")
+                        with self._lock:
+                            self._failures.append((task.seq, exc))
+                            self._halt_from = min(self._halt_from, task.seq + 1)
+                    raise
+                task.ok = True
+                return result
+            finally:
+                with self._lock:
+                    self._under_way.pop(task.seq, None)
+                    self._running.discard(task.seq)
+                task.locked.set()
+                task.ended.set()
+
+        return self.pool.submit(run)
+
+    def check(self, task: _LaneTask, what: str, *, start: bool = False) -> None:
+        """Raise `WriterHalted` if `task` may no longer start (`start`) or commit."""
+        with self._lock:
+            if task.seq >= self._halt_from:
+                raise WriterHalted(f"{what}: an earlier write failed or the sync was stopped")
+            if start:
+                self._running.add(task.seq)
+
+    def stop(self) -> None:
+        """Halt: the earliest task under way finishes; none after it starts or commits."""
+        with self._lock:
+            first = min(self._running or self._under_way or [self._seq])
+            self._halt_from = min(self._halt_from, first + (first in self._running))
+
+    def first_failure(self) -> BaseException | None:
+        """The failure of the earliest task that failed (in the order queued, not in time)."""
+        with self._lock:
+            return (
+                min(self._failures, key=lambda failure: failure[0])[1] if self._failures else None
+            )
+
+    def _connection(self) -> psycopg.Connection:
+        conn: psycopg.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                conn = self._free.pop() if self._free else None
+            if conn is None:
+                assert self._connect is not None
+                opening = self._connect()
+                conn = opening.__enter__()
+                with self._lock:  # (lanes may open theirs at once)
+                    self._opened.push(opening)
+            self._local.conn = conn
+        return conn
+
+    def shutdown(self) -> None:
+        """Wait for the tasks under way (none queued starts), then close the lanes' connections."""
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._opened.close()
 
 
 def day_window(day: date) -> TimeWindow:
@@ -183,20 +358,22 @@ def sync_days(
     run_id: str | None = None,
     log: Logger | None = None,
     days_ahead: int = 2,
+    write_lanes: int = 1,
+    connect: Callable[[], AbstractContextManager[psycopg.Connection]] | None = None,
 ) -> Generator[DaySync, None, None]:
     """Sync days in order, each in its own transaction; yields each day once it is committed.
 
     Three stages overlap: the next `days_ahead` days are read from the API (their requests
-    share the client's bounded pool) while this thread normalises one day and a writer thread,
-    which alone uses `conn`, writes the previous one (on a re-sync, a stored day's comparison
-    also runs on the writer thread, so it waits for the previous day's write). At most
-    `days_ahead + 3` windows are in memory, however long the range. If a day fails, nothing
-    after it is written: once a task of the writer thread fails, those queued behind it do not
-    run (`WriterHalted`), so the days committed are always a prefix of the range, and each of
+    share the client's bounded pool) while this thread normalises one day and the writer lanes
+    (`_WriteLanes`: `write_lanes` threads, each with a connection, `conn` and more opened with
+    `connect`) write the previous ones, committing them in order. At most
+    `days_ahead + write_lanes + 2` windows are in memory, however long the range. If a day
+    fails, nothing after it is written: the tasks queued behind a failed one do not run or roll
+    back (`WriterHalted`), so the days committed are always a prefix of the range, and each of
     them is yielded before the error (the first failure, in the order of the days) is raised.
     Likewise when the sync is stopped (KeyboardInterrupt, or Dagster's interrupt when a run is
-    terminated): the write under way finishes, none queued after it starts, the days committed
-    are yielded, and the interrupt is raised again.
+    terminated): the earliest write under way finishes, none after it commits, the days
+    committed are yielded, and the interrupt is raised again.
 
     A stored day is re-synced in the cheapest way that is still exact: if its pages are the
     very ones its last sync read (the client tells, from their digest, before parsing them) and
@@ -211,28 +388,7 @@ def sync_days(
     writes: deque[Future[DaySync]] = deque()
     upcoming = iter(wanted)
     fetchers = ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laaffic-writer")
-    halted = threading.Event()  # set by the writer thread's first failure, or on leaving
-    failures: list[BaseException] = []
-
-    def on_writer(doing: str, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Queue `fn(*args)` on the writer thread. It runs only if no task before it failed: the
-        next day's write may already be queued when a write fails, and must not commit. An error
-        is noted with what it was `doing` (a database's error does not say which day)."""
-
-        def run() -> T:
-            if halted.is_set():
-                raise WriterHalted("not run: an earlier write failed or the sync was stopped")
-            try:
-                return fn(*args)
-            except BaseException as exc:
-                if isinstance(exc, Exception):
-                    exc.add_note(f"while {doing}")
-                failures.append(exc)
-                halted.set()
-                raise
-
-        return writer.submit(run)
+    lanes = _WriteLanes(conn, connect, write_lanes)
 
     def read_next() -> None:
         day = next(upcoming, None)
@@ -266,6 +422,8 @@ def sync_days(
                 stored_before = day in stored
 
                 def log_if_unchanged(
+                    conn: psycopg.Connection,
+                    turn: CommitTurn | None,
                     day: date = day,
                     fetched: WindowResult = fetched,
                     started: datetime = started,
@@ -280,6 +438,7 @@ def sync_days(
                         started_at=started,
                         run_id=run_id,
                         window_digest=fetched.digest,
+                        turn=turn,
                     )
                     if result is None:
                         return None
@@ -291,7 +450,12 @@ def sync_days(
                 # while waited for: stopped meanwhile, the log may still commit, and is reported.
                 shortcut = None
                 if stored_before:
-                    being_logged = on_writer(f"writing {day} to the warehouse", log_if_unchanged)
+                    being_logged = lanes.submit(
+                        f"writing {day} to the warehouse",
+                        log_if_unchanged,
+                        keys=frozenset(),  # (only a sync-log row)
+                        commits=True,
+                    )
                     shortcut = being_logged.result()
                     being_logged = None
                 if shortcut is None and fetched.unchanged:
@@ -307,13 +471,15 @@ def sync_days(
                     writes.append(logged)
                 else:
                     records, payloads, hashes, skipped, compared_with = _changed_records(
-                        on_writer, conn, day, time_zone, fetched.records, compare=stored_before
+                        lanes, day, time_zone, fetched.records, compare=stored_before
                     )
                     normalised = normalise_records(
                         records, log=log.warning if log else None, payloads=payloads, hashes=hashes
                     )
 
                     def write(
+                        conn: psycopg.Connection,
+                        turn: CommitTurn | None,
                         day: date = day,
                         fetched: WindowResult = fetched,
                         normalised: NormalisedWindow = normalised,
@@ -336,13 +502,21 @@ def sync_days(
                             compared_with=compared_with,
                             first_load=first_load,
                             window_digest=fetched.digest,
+                            turn=turn,
                         )
                         return DaySync(
                             day, fetched.window, fetched.stats, result, time.perf_counter() - clock
                         )
 
-                    writes.append(on_writer(f"writing {day} to the warehouse", write))
-                while writes and (writes[0].done() or len(writes) > 1):
+                    writes.append(
+                        lanes.submit(
+                            f"writing {day} to the warehouse",
+                            write,
+                            keys=_written_keys(normalised),
+                            commits=True,
+                        )
+                    )
+                while writes and (writes[0].done() or len(writes) > write_lanes):
                     yield (synced := written())
                     progress.add(synced)
             while writes:
@@ -355,10 +529,10 @@ def sync_days(
             error = exc
         except BaseException as exc:  # stopped: Ctrl-C, or Dagster's interrupt of a terminated run
             error = exc
-            halted.set()  # the write under way finishes; none queued behind it starts
+            lanes.stop()  # the earliest write under way finishes; none after it commits
         if error is not None:
-            # The days handed to the writer before the first failed write commit: report them
-            # (the writes behind a failed one did not run).
+            # The days handed to the lanes before the first failed write commit: report them
+            # (the writes behind a failed one did not run, or rolled back).
             while writes and writes[0].exception() is None:
                 yield (synced := written())
                 progress.add(synced)
@@ -371,11 +545,12 @@ def sync_days(
             ):
                 yield only_logged
                 progress.add(only_logged)
-            if isinstance(error, Exception) and failures:
-                raise failures[0]
+            failure = lanes.first_failure()
+            if isinstance(error, Exception) and failure is not None:
+                raise failure
             raise error
     finally:
-        halted.set()  # leaving (a failure, or the caller stopped): start no further write
+        lanes.stop()  # leaving (a failure, or the caller stopped): start no further write
         progress.flush()
         for *_, read in reads:
             read.cancel()
@@ -383,13 +558,22 @@ def sync_days(
         # (in an outage, their retries would take minutes to run out). Not only those read
         # ahead: the day waited for (a one-day run's only one) has left `reads` already.
         with client.reads_stopped() if not finished else nullcontext():
-            writer.shutdown(wait=True, cancel_futures=True)
-            fetchers.shutdown(wait=True, cancel_futures=True)
+            try:
+                lanes.shutdown()
+            finally:
+                fetchers.shutdown(wait=True, cancel_futures=True)
+
+
+def _written_keys(normalised: NormalisedWindow) -> Keys:
+    """The tasks a write touches: its rows (and fingerprints, rejects), by taskId; None (any)
+    when a record without a usable taskId is kept as a reject, keyed by its raw text alone."""
+    if any(reject.task_id is None for reject in normalised.rejects):
+        return None
+    return frozenset(normalised.table["task_id"].to_pylist())
 
 
 def _changed_records(
-    on_writer: Callable[..., Future[tuple[list[bool], int | None]]],
-    conn: psycopg.Connection,
+    lanes: _WriteLanes,
     day: date,
     time_zone: str,
     records: list[dict[str, Any]],
@@ -398,20 +582,18 @@ def _changed_records(
 ) -> tuple[list[dict[str, Any]], list[bytes], list[bytes], int, int | None]:
     """The records to parse and write, their payloads and hashes, how many were skipped, and
     what they were compared with (for `write_window`): with `compare`, those whose hash equals
-    the one stored for their task are left out (the lookup runs on the writer thread, which
-    alone uses `conn`)."""
+    the one stored for their task are left out (the lookup runs on a writer lane, after any
+    earlier write of the same tasks still under way)."""
     payloads = raw_payloads(records)
     hashes = fingerprints(payloads)
     if not compare:
         return records, payloads, hashes, 0, None
-    same, compared_with = on_writer(
+    ids = frozenset(t for r in records if type(t := r.get("taskId")) is int)
+    same, compared_with = lanes.submit(
         f"comparing {day} with the warehouse",
-        unchanged_records,
-        conn,
-        day,
-        time_zone,
-        records,
-        hashes,
+        lambda conn, _turn: unchanged_records(conn, day, time_zone, records, hashes),
+        keys=ids,
+        commits=False,
     ).result()
     changed = [i for i, keep in enumerate(same) if not keep]
     skipped = len(records) - len(changed)

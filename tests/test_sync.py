@@ -108,14 +108,30 @@ def test_resync_restores_a_deleted_row_and_rederives_on_a_new_time_zone(
     assert offsets == [(timedelta(0),)]
 
 
+@pytest.mark.parametrize("lanes", [1, 2], ids=["one-lane", "two-lanes"])
 def test_days_are_committed_in_order_while_later_days_are_read_ahead(
-    client: LaafficClient, conn: psycopg.Connection, simulator: SimulatorServer
+    client: LaafficClient,
+    conn: psycopg.Connection,
+    simulator: SimulatorServer,
+    database_url: str,
+    lanes: int,
 ) -> None:
     days = [DAY + timedelta(days=n) for n in range(5)]
-    synced = [s.day for s in sync_days(client, conn, days, time_zone=TZ, days_ahead=3)]
+    synced = [
+        s.day
+        for s in sync_days(
+            client,
+            conn,
+            days,
+            time_zone=TZ,
+            days_ahead=3,
+            write_lanes=lanes,
+            connect=lambda: connect(database_url),
+        )
+    ]
     assert synced == days
-    logged = conn.execute("SELECT window_date FROM group_call_sync_log ORDER BY sync_id").fetchall()
-    assert [d for (d,) in logged] == days
+    logged = conn.execute("SELECT window_date FROM group_call_sync_log").fetchall()
+    assert sorted(d for (d,) in logged) == days
     expected = {t.task_id: t.record for d in days for t in simulator.simulator.store.day(d)}
     assert _stored(conn) == expected
 
@@ -241,10 +257,17 @@ def _when_waiting_after_writer_tasks(
     return profile, fired
 
 
+@pytest.mark.parametrize("lanes", [1, 2], ids=["one-lane", "two-lanes"])
 @pytest.mark.parametrize("queued_is_stored", [True, False], ids=["queued-log", "queued-write"])
 def test_a_failed_write_stops_the_writes_queued_behind_it(
-    client: LaafficClient, conn: psycopg.Connection, database_url: str, queued_is_stored: bool
+    client: LaafficClient,
+    conn: psycopg.Connection,
+    database_url: str,
+    queued_is_stored: bool,
+    lanes: int,
 ) -> None:
+    """With two lanes, `queued`'s write runs while `failing`'s is held: it rolls back instead
+    of committing, and so does `last`'s."""
     first, failing, queued, last = (DAY + timedelta(days=n) for n in range(4))
     # `first` (and `queued`, if stored) are unchanged upstream: re-syncing them only logs them,
     # on the writer thread; a day not stored is written there in full.
@@ -272,7 +295,13 @@ def test_a_failed_write_stops_the_writes_queued_behind_it(
         try:
             with pytest.raises(psycopg.errors.RaiseException, match="injected failure"):
                 for synced in sync_days(
-                    client, conn, [first, failing, queued, last], time_zone=TZ, run_id="failing"
+                    client,
+                    conn,
+                    [first, failing, queued, last],
+                    time_zone=TZ,
+                    run_id="failing",
+                    write_lanes=lanes,
+                    connect=lambda: connect(database_url),
                 ):
                     yielded.append(synced.day)
         finally:
@@ -287,11 +316,13 @@ def test_a_failed_write_stops_the_writes_queued_behind_it(
     assert sorted(d for (d,) in stored) == before
 
 
+@pytest.mark.parametrize("lanes", [1, 2], ids=["one-lane", "two-lanes"])
 def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
-    client: LaafficClient, conn: psycopg.Connection, database_url: str
+    client: LaafficClient, conn: psycopg.Connection, database_url: str, lanes: int
 ) -> None:
     """Ctrl-C, or Dagster interrupting a terminated run: the day being written commits and is
-    yielded, the one queued behind it is not written, and the interrupt is raised again."""
+    yielded, the one queued behind it is not written (with two lanes it is under way too, and
+    rolls back), and the interrupt is raised again."""
     first, queued = DAY, DAY + timedelta(days=1)
     # `first`'s write, at its sync-log row, waits for a lock this test holds.
     on_sync_log_insert(
@@ -328,7 +359,14 @@ def test_a_stopped_sync_reports_the_write_under_way_and_starts_no_other(
         try:
             with pytest.raises(KeyboardInterrupt):
                 for synced in sync_days(
-                    client, conn, [first, queued], time_zone=TZ, run_id="stopped", days_ahead=1
+                    client,
+                    conn,
+                    [first, queued],
+                    time_zone=TZ,
+                    run_id="stopped",
+                    days_ahead=1,
+                    write_lanes=lanes,
+                    connect=lambda: connect(database_url),
                 ):
                     yielded.append(synced.day)
         finally:

@@ -113,6 +113,8 @@ def group_call_tasks(
                 run_id=context.run.run_id,
                 log=context.log,
                 days_ahead=laaffic.days_ahead,
+                write_lanes=warehouse.write_connections,
+                connect=warehouse.connect,
             )
             try:
                 for synced in syncing:

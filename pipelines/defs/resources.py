@@ -91,6 +91,12 @@ class WarehouseResource(ConfigurableResource):
     """The Postgres warehouse (WAREHOUSE_URL), or the embedded PostgreSQL when it is unset."""
 
     url: str | None = Field(default=None, description="PostgreSQL URL (WAREHOUSE_URL).")
+    write_connections: int = Field(
+        default=2,
+        ge=1,
+        description="Connections a range run writes its days on at once, committing them in "
+        "order: with two, PostgreSQL loads one day while the previous one commits.",
+    )
 
     def resolved_url(self) -> str:
         return self.url or embedded_warehouse_url()

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -143,6 +143,16 @@ class WarehouseUrlError(WarehouseError):
     """WAREHOUSE_URL cannot be read as a connection URL: retrying cannot help."""
 
 
+class CommitTurn(Protocol):
+    """A write's place among writes that must commit in a given order (a range's days, written
+    on more than one connection: `pipelines.sync`). `begin` runs first in the write's
+    transaction, `before_commit` last; either may raise to roll it back."""
+
+    def begin(self, conn: psycopg.Connection) -> None: ...
+
+    def before_commit(self, conn: psycopg.Connection) -> None: ...
+
+
 class ConcurrentSyncError(WarehouseError):
     """Another sync wrote the day between this one's comparison with the stored rows and its
     write: what it found unchanged may no longer be, so nothing was written. Syncing the day
@@ -205,6 +215,7 @@ def write_window(
     first_load: bool = False,
     window_digest: bytes | None = None,
     compared_with: int | None = None,
+    turn: CommitTurn | None = None,
 ) -> WriteResult:
     """Stage, merge and log one window atomically. `skipped_unchanged` records were found
     identical to what was stored beforehand (see `unchanged_records`, which also returns the
@@ -218,10 +229,14 @@ def write_window(
     plain COPY straight into the table (no staging, no merge: about a third of the server's
     work). Should any of the tasks be stored after all (another run got there first, or a
     different time zone put them on other days), that COPY fails on the primary key, is rolled
-    back to its savepoint, and the window takes the staging path: the result is the same."""
+    back to its savepoint, and the window takes the staging path: the result is the same.
+
+    `turn`: where this write commits among others (`CommitTurn`)."""
     received = len(normalised)
     normalised = normalised.on_day(window_date)  # a refused createdTime: the window's day
     with conn.transaction(), conn.cursor() as cur:
+        if turn is not None:
+            turn.begin(conn)
         cur.execute(_LOCK_DAY, _day_lock(window_date))
         if skipped_unchanged:
             _check_compared_with(cur, window_date, compared_with)
@@ -266,6 +281,8 @@ def write_window(
             _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest)
             | result.as_dict(),
         )
+        if turn is not None:
+            turn.before_commit(conn)
     return result
 
 
@@ -347,19 +364,25 @@ def write_unchanged_window(
     started_at: datetime,
     run_id: str | None = None,
     window_digest: bytes,
+    turn: CommitTurn | None = None,
 ) -> WriteResult | None:
     """A re-sync's shortcut, in one statement: if the day's last sync read exactly these API
     pages (`window_digest`, see `WindowResult.digest`) with the same time zone and parsing rules,
     and the day still holds as many rows as that sync left, log this sync (the rows that sync
     received, all unchanged) and return what it did. Otherwise write nothing and return None: in
     any doubt (no digest logged, rows deleted or moved since) the records are compared one by
-    one. Rows edited in the warehouse itself are not looked for: the API is read, not the table."""
+    one. Rows edited in the warehouse itself are not looked for: the API is read, not the table.
+    `turn`: as for `write_window`."""
     with conn.transaction():
+        if turn is not None:
+            turn.begin(conn)
         conn.execute(_LOCK_DAY, _day_lock(window_date))  # a write of the day under way: after it
         row = conn.execute(
             _LOG_UNCHANGED_SYNC,
             _log_params(window_date, window, time_zone, stats, started_at, run_id, window_digest),
         ).fetchone()
+        if turn is not None:
+            turn.before_commit(conn)
     return None if row is None else WriteResult(*map(int, row))
 
 

@@ -44,7 +44,7 @@ from tests.defs.helpers import (
     stored_days,
     stored_tasks,
 )
-from tests.warehouse.helpers import on_sync_log_insert
+from tests.warehouse.helpers import on_sync_log_insert, waiting_for_advisory_lock
 
 CHECKS = [row_count_matches_api, no_new_rejects, task_invariants_hold]
 DAY = date(2024, 6, 4)
@@ -328,7 +328,6 @@ def test_a_run_terminated_between_two_days_records_the_write_then_under_way(
         on_sync_log_insert(
             conn, f"NEW.window_date = DATE '{second}'", "PERFORM pg_advisory_xact_lock(4245);"
         )
-    database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
     interrupted: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(4245)")
@@ -341,11 +340,8 @@ def test_a_run_terminated_between_two_days_records_the_write_then_under_way(
             ):
                 interrupted.append(frame.f_locals["partition_key"])
                 deadline = time.monotonic() + 60
-                while gate.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                    (database,),
-                ).fetchone() != (1,):  # `second`'s write is under way: it will commit
+                # `second`'s write is under way (the third's may be too): it will commit
+                while not waiting_for_advisory_lock(gate, 4245):
                     assert time.monotonic() < deadline
                     time.sleep(0.01)
                 gate.execute("SELECT pg_advisory_unlock(4245)")

@@ -37,6 +37,20 @@ def new_database(server_url: str) -> Iterator[str]:
             )
 
 
+def waiting_for_advisory_lock(conn: psycopg.Connection, key: int) -> int:
+    """How many sessions of `conn`'s database wait for the advisory lock `key` (a bigint key,
+    as `pg_advisory_xact_lock(key)` takes): not for any other, such as the lanes' commit turns
+    (`pipelines.sync._Turn`)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND classid = (%(key)s::bigint >> 32)::oid "
+        "AND objid = (%(key)s::bigint & 4294967295)::oid AND objsubid = 1",
+        {"key": key},
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def make_records(
     day: date, count: int, *, seed: int = 1, first_id: int = 1_000_000, **config: Any
 ) -> list[dict[str, Any]]:
