@@ -44,20 +44,26 @@ class WriterHalted(Exception):
     one failed (or the sync was stopped), and nothing is written after a failure."""
 
 
-#: A lane task's rows, by taskId (`None`: it may touch any task's, so it runs alone).
+#: The rows a lane task reads or writes, by taskId (`None`: it may touch any task's, or a day's
+#: other rows, so it runs alone).
 Keys = frozenset[int] | None
 
 
 @dataclass(eq=False)
 class _LaneTask:
     seq: int
+    day: date
     keys: Keys
     locked: threading.Event = field(default_factory=threading.Event)  # its turn's lock, or ended
     ended: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
 
-    def conflicts(self, keys: Keys) -> bool:
-        return self.keys is None or keys is None or not self.keys.isdisjoint(keys)
+    def conflicts(self, day: date, keys: Keys) -> bool:
+        """Whether a task of `day` touching `keys` must wait for this one to end: they may
+        lock the same rows (or the day's lock, `_LOCK_DAY`)."""
+        if self.keys is None or keys is None or day == self.day:
+            return True
+        return not self.keys.isdisjoint(keys)
 
 
 class _Turn:
@@ -89,18 +95,24 @@ _WAIT_FOR_TURN = b"SELECT pg_advisory_xact_lock_shared(%s)"
 
 
 class _WriteLanes:
-    """The sync's database work (writes, comparisons, shortcut logs) on `lanes` threads, each
-    with a connection of its own: lane 0 uses the sync's, the others open theirs on first use
-    (`connect`). With two, PostgreSQL parses and indexes one day's rows while the previous
+    """The sync's database work (writes, comparisons, shortcut logs) on one or two threads
+    (`lanes`), each with a connection of its own: lane 0 uses the sync's, the other opens its
+    own on first use (`connect`). With two, PostgreSQL loads one day's rows while the previous
     day's commit: a year's first load is otherwise bound by a single backend's CPU.
 
     They keep what a single writer thread gave:
     - writes (and shortcut logs) commit in the order they were queued (`_Turn`);
-    - a task starts only after the earlier tasks still under way whose tasks (taskIds) it
-      shares have ended, so their row locks never meet and a comparison sees what an earlier
-      write wrote; one that may touch any task's rows (`keys` None) waits for all of them;
+    - a task starts only after the earlier tasks still under way that it shares tasks
+      (taskIds) or its day with have ended, so their locks never meet and a comparison sees
+      what an earlier write wrote; one that may touch any task's rows or its day's other rows
+      (`keys` None: a re-sync's write, a shortcut log) waits for every earlier one, so a day's
+      figures never count rows another write is moving;
     - a task that fails halts every task queued after it: it does not start, or rolls back;
     - stopped (`stop`), the earliest task under way finishes and none after it commits.
+
+    Not more than two: a lane waiting in Python for an earlier one (its start, its turn) is a
+    wait PostgreSQL cannot see, and with three lanes a missed conflict could close a cycle
+    through such waits, a hang instead of a reported deadlock.
     """
 
     def __init__(
@@ -109,8 +121,10 @@ class _WriteLanes:
         connect: Callable[[], AbstractContextManager[psycopg.Connection]] | None,
         lanes: int,
     ) -> None:
+        if not 1 <= lanes <= 2:
+            raise ValueError(f"write lanes: 1 or 2, not {lanes}")
         if lanes > 1 and connect is None:
-            raise ValueError("more than one write lane needs `connect`")
+            raise ValueError("a second write lane needs `connect`")
         self.pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="laaffic-writer")
         self.lanes = lanes
         self.token = secrets.randbits(62)  # this sync's turn locks: token + seq
@@ -131,6 +145,7 @@ class _WriteLanes:
         doing: str,
         fn: Callable[[psycopg.Connection, _Turn | None], T],
         *,
+        day: date,
         keys: Keys,
         commits: bool,
     ) -> Future[T]:
@@ -138,9 +153,9 @@ class _WriteLanes:
         orders its commit.
         An error is noted with what it was `doing` (a database's error does not say which day)."""
         with self._lock:
-            task = _LaneTask(self._seq, keys)
+            task = _LaneTask(self._seq, day, keys)
             self._seq += 1
-            before = [t for t in self._under_way.values() if t.conflicts(keys)]
+            before = [t for t in self._under_way.values() if t.conflicts(day, keys)]
             # (One lane runs its tasks one after another: in order already.)
             turn = _Turn(self, task, self._last_commit) if commits and self.lanes > 1 else None
             if commits:
@@ -182,9 +197,10 @@ class _WriteLanes:
                 self._running.add(task.seq)
 
     def stop(self) -> None:
-        """Halt: the earliest task under way finishes; none after it starts or commits."""
+        """Halt: the earliest task under way finishes if it is running; none after it starts
+        or commits."""
         with self._lock:
-            first = min(self._running or self._under_way or [self._seq])
+            first = min(self._under_way or [self._seq])
             self._halt_from = min(self._halt_from, first + (first in self._running))
 
     def first_failure(self) -> BaseException | None:
@@ -209,11 +225,11 @@ class _WriteLanes:
         return conn
 
     def shutdown(self) -> None:
-        """Wait for the tasks under way (none queued starts), then close the lanes' connections."""
-        try:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            self._opened.close()
+        """Wait for the tasks under way (none queued starts), then close the connections the
+        lanes opened. Interrupted while waiting (a second Ctrl-C), it leaves them to their
+        threads: closing one still in use would wait for it, then fail on its transaction."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._opened.close()
 
 
 def day_window(day: date) -> TimeWindow:
@@ -387,8 +403,8 @@ def sync_days(
     reads: deque[tuple[date, datetime, float, Future[WindowResult]]] = deque()
     writes: deque[Future[DaySync]] = deque()
     upcoming = iter(wanted)
-    fetchers = ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day")
     lanes = _WriteLanes(conn, connect, write_lanes)
+    fetchers = ThreadPoolExecutor(max_workers=days_ahead + 1, thread_name_prefix="laaffic-day")
 
     def read_next() -> None:
         day = next(upcoming, None)
@@ -453,7 +469,8 @@ def sync_days(
                     being_logged = lanes.submit(
                         f"writing {day} to the warehouse",
                         log_if_unchanged,
-                        keys=frozenset(),  # (only a sync-log row)
+                        day=day,
+                        keys=None,  # (it counts the day's rows: after every earlier write)
                         commits=True,
                     )
                     shortcut = being_logged.result()
@@ -512,7 +529,8 @@ def sync_days(
                         lanes.submit(
                             f"writing {day} to the warehouse",
                             write,
-                            keys=_written_keys(normalised),
+                            day=day,
+                            keys=None if stored_before else _first_load_keys(normalised, day),
                             commits=True,
                         )
                     )
@@ -536,7 +554,7 @@ def sync_days(
             while writes and writes[0].exception() is None:
                 yield (synced := written())
                 progress.add(synced)
-            # A day being only logged was queued after those: it ran if they did.
+            # A day being only logged was queued after those: reported if it committed.
             if (
                 being_logged is not None
                 and not writes
@@ -550,7 +568,7 @@ def sync_days(
                 raise failure
             raise error
     finally:
-        lanes.stop()  # leaving (a failure, or the caller stopped): start no further write
+        lanes.stop()  # leaving (a failure, or the caller stopped): commit no further write
         progress.flush()
         for *_, read in reads:
             read.cancel()
@@ -564,10 +582,13 @@ def sync_days(
                 fetchers.shutdown(wait=True, cancel_futures=True)
 
 
-def _written_keys(normalised: NormalisedWindow) -> Keys:
-    """The tasks a write touches: its rows (and fingerprints, rejects), by taskId; None (any)
-    when a record without a usable taskId is kept as a reject, keyed by its raw text alone."""
-    if any(reject.task_id is None for reject in normalised.rejects):
+def _first_load_keys(normalised: NormalisedWindow, day: date) -> Keys:
+    """The tasks the first load of `day` touches: its rows (and fingerprints, rejects), by
+    taskId. None (it runs alone) when it keeps a record without a usable taskId as a reject,
+    keyed by its raw text alone, or stores a row on another day (a record the API listed
+    outside its window), whose figures it would change. (A re-sync's write may move stored
+    tasks between days: the caller runs it alone.)"""
+    if normalised.off_day(day) or any(reject.task_id is None for reject in normalised.rejects):
         return None
     return frozenset(normalised.table["task_id"].to_pylist())
 
@@ -592,6 +613,7 @@ def _changed_records(
     same, compared_with = lanes.submit(
         f"comparing {day} with the warehouse",
         lambda conn, _turn: unchanged_records(conn, day, time_zone, records, hashes),
+        day=day,
         keys=ids,
         commits=False,
     ).result()

@@ -3,14 +3,16 @@ the order of the days, and never waiting on each other's rows."""
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
+from typing import Any
 
 import psycopg
 import pytest
 
 from pipelines.laaffic.client import LaafficClient
 from pipelines.laaffic.simulator import SimulatorServer
-from pipelines.sync import WriterHalted, _WriteLanes, _written_keys, sync_days
+from pipelines.sync import WriterHalted, _first_load_keys, _WriteLanes, sync_days
 from pipelines.warehouse.normalise import normalise_records
 from pipelines.warehouse.writer import connect, ensure_schema
 from tests.warehouse.helpers import make_records, on_sync_log_insert, waiting_for_advisory_lock
@@ -201,8 +203,10 @@ def test_writes_that_would_wait_on_each_other_fail_in_postgresql_instead_of_hang
             return "later"
 
         try:
-            first = lanes.submit("writing one", earlier, keys=frozenset(), commits=True)
-            second = lanes.submit("writing two", later, keys=frozenset(), commits=True)
+            first = lanes.submit("writing one", earlier, day=DAY, keys=frozenset(), commits=True)
+            second = lanes.submit(
+                "writing two", later, day=DAY + timedelta(days=1), keys=frozenset(), commits=True
+            )
             errors = [f.exception(timeout=60) for f in (first, second)]
         finally:
             lanes.stop()
@@ -212,15 +216,20 @@ def test_writes_that_would_wait_on_each_other_fail_in_postgresql_instead_of_hang
     assert isinstance(lanes.first_failure(), psycopg.errors.DeadlockDetected)
 
 
+def _on(day_offset: int) -> date:
+    return DAY + timedelta(days=day_offset)
+
+
 def test_tasks_sharing_no_task_run_at_once_and_the_others_wait(database_url: str) -> None:
-    """Lane tasks that share a task (taskId) run one after the other; those sharing none run at
-    once; a task that may touch any task's rows (`None`) waits for every earlier one."""
+    """Lane tasks that share a task (taskId) or a day run one after the other; those sharing
+    neither run at once; a task that may touch any task's rows (`None`) waits for every
+    earlier one."""
     with connect(database_url) as conn:
         lanes = _WriteLanes(conn, lambda: connect(database_url), 2)
         release = threading.Event()
         started: list[str] = []
 
-        def task(name: str, hold: bool = False) -> object:
+        def task(name: str, hold: bool = False) -> Callable[[psycopg.Connection, object], str]:
             def run(_conn: psycopg.Connection, _turn: object) -> str:
                 started.append(name)
                 if hold:
@@ -229,19 +238,26 @@ def test_tasks_sharing_no_task_run_at_once_and_the_others_wait(database_url: str
 
             return run
 
+        def submit(name: str, day: date, keys: frozenset[int] | None, hold: bool = False) -> Any:
+            return lanes.submit(name, task(name, hold), day=day, keys=keys, commits=False)
+
         try:
-            held = lanes.submit("a", task("a", hold=True), keys=frozenset({1, 2}), commits=False)
-            _wait_until("a to start", lambda: "a" in started)
-            sharing = lanes.submit("b", task("b"), keys=frozenset({2, 3}), commits=False)
-            time.sleep(0.3)
-            assert started == ["a"]  # b waits for a, which holds task 2
-            release.set()
-            assert sharing.result(30) == "b" and held.result(30) == "a"
+            for later_day, later_keys in ((_on(1), frozenset({2, 3})), (_on(0), frozenset({9}))):
+                release.clear()
+                started.clear()
+                held = submit("held", _on(0), frozenset({1, 2}), hold=True)
+                _wait_until("the first to start", lambda: "held" in started)
+                waiting = submit("after", later_day, later_keys)
+                time.sleep(0.3)
+                assert started == ["held"]  # it shares task 2, or the day
+                release.set()
+                assert waiting.result(30) == "after" and held.result(30) == "held"
             release.clear()
-            held = lanes.submit("c", task("c", hold=True), keys=frozenset({4}), commits=False)
-            apart = lanes.submit("d", task("d"), keys=frozenset({5}), commits=False)
+            started.clear()
+            held = submit("c", _on(2), frozenset({4}), hold=True)
+            apart = submit("d", _on(3), frozenset({5}))
             assert apart.result(30) == "d"  # ran while c was under way
-            any_task = lanes.submit("e", task("e"), keys=None, commits=False)
+            any_task = submit("e", _on(4), None)
             time.sleep(0.3)
             assert "e" not in started
             release.set()
@@ -250,7 +266,7 @@ def test_tasks_sharing_no_task_run_at_once_and_the_others_wait(database_url: str
             release.set()
             lanes.stop()
             lanes.shutdown()
-    assert started == ["a", "b", "c", "d", "e"]
+    assert started == ["c", "d", "e"]
 
 
 def test_a_task_queued_after_a_failed_one_does_not_run(database_url: str) -> None:
@@ -261,8 +277,8 @@ def test_a_task_queued_after_a_failed_one_does_not_run(database_url: str) -> Non
             raise RuntimeError("injected")
 
         try:
-            failed = lanes.submit("failing", fail, keys=None, commits=False)
-            after = lanes.submit("after", lambda c, t: "ran", keys=None, commits=False)
+            failed = lanes.submit("failing", fail, day=_on(0), keys=None, commits=False)
+            after = lanes.submit("after", lambda c, t: "ran", day=_on(1), keys=None, commits=False)
             assert isinstance(failed.exception(30), RuntimeError)
             assert isinstance(after.exception(30), WriterHalted)
         finally:
@@ -271,9 +287,47 @@ def test_a_task_queued_after_a_failed_one_does_not_run(database_url: str) -> Non
     assert "while failing" in str(getattr(lanes.first_failure(), "__notes__", ""))
 
 
-def test_a_window_keeping_a_record_without_a_task_may_touch_any_task() -> None:
-    """Its reject is keyed by its raw text alone: another day's write could hold the same."""
+def test_stopped_the_task_under_way_finishes_and_the_one_waiting_for_it_does_not_start(
+    database_url: str,
+) -> None:
+    with connect(database_url) as conn:
+        lanes = _WriteLanes(conn, lambda: connect(database_url), 2)
+        release, ran = threading.Event(), []
+
+        def held(_conn: psycopg.Connection, _turn: object) -> str:
+            ran.append("held")
+            assert release.wait(30)
+            return "held"
+
+        try:
+            first = lanes.submit("held", held, day=_on(0), keys=frozenset({1}), commits=False)
+            _wait_until("the first to start", lambda: ran)
+            waiting = lanes.submit(
+                "waiting", lambda c, t: ran.append("waiting"), day=_on(1), keys=None, commits=False
+            )
+            lanes.stop()
+            release.set()
+            assert first.result(30) == "held"
+            assert isinstance(waiting.exception(30), WriterHalted)
+        finally:
+            release.set()
+            lanes.shutdown()
+    assert ran == ["held"]
+
+
+def test_no_more_than_two_lanes(database_url: str) -> None:
+    with connect(database_url) as conn, pytest.raises(ValueError, match="1 or 2"):
+        _WriteLanes(conn, lambda: connect(database_url), 3)
+
+
+def test_a_first_load_runs_alone_if_it_may_touch_rows_other_than_its_tasks() -> None:
+    """A record without a usable taskId is kept as a reject keyed by its raw text alone; a row
+    created on another day than its window's changes that day's figures."""
     records = make_records(DAY, 3)
-    assert _written_keys(normalise_records(records)) == {r["taskId"] for r in records}
-    records[1] = {k: v for k, v in records[1].items() if k != "taskId"}
-    assert _written_keys(normalise_records(records)) is None
+    assert _first_load_keys(normalise_records(records), DAY) == {r["taskId"] for r in records}
+    without_id = [*records[:1], {k: v for k, v in records[1].items() if k != "taskId"}]
+    assert _first_load_keys(normalise_records(without_id), DAY) is None
+    elsewhere = [*records[:1], {**records[1], "createdTime": f"{_on(1)} 08:00:00"}]
+    assert _first_load_keys(normalise_records(elsewhere), DAY) is None
+    refused = [*records[:1], {**records[1], "createdTime": "not a time"}]  # (on the window's day)
+    assert _first_load_keys(normalise_records(refused), DAY) == {r["taskId"] for r in records[:2]}

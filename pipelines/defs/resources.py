@@ -94,8 +94,9 @@ class WarehouseResource(ConfigurableResource):
     write_connections: int = Field(
         default=2,
         ge=1,
-        description="Connections a range run writes its days on at once, committing them in "
-        "order: with two, PostgreSQL loads one day while the previous one commits.",
+        le=2,
+        description="Connections a range run writes its days on at once (1 or 2), committing "
+        "them in order: with two, PostgreSQL loads one day while the previous one commits.",
     )
 
     def resolved_url(self) -> str:

@@ -306,6 +306,11 @@ class NormalisedWindow:
         filled = pc.fill_null(dates, pa.scalar(day.isoformat(), dates.type))
         return NormalisedWindow(self.table.set_column(at, "created_date", filled), self.rejects)
 
+    def off_day(self, day: date) -> bool:
+        """Whether a row is on another day than `day` (a record the API listed in `day`'s
+        window though created outside it). Rows whose createdTime was refused are on `day`."""
+        return bool(pc.any(pc.not_equal(self.table["created_date"], day.isoformat())).as_py())
+
     @property
     def open_tasks(self) -> int:
         return int(pc.sum(pc.is_in(self.table["status"], _open_codes())).as_py() or 0)
