@@ -7,8 +7,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import date, timedelta
 from types import FrameType
 from typing import Any
@@ -22,10 +23,12 @@ from pipelines.laaffic.simulator import SimulatorServer
 from pipelines.sync import sync_day, sync_days
 from pipelines.warehouse.writer import connect, ensure_schema
 from tests.laaffic.helpers import repeat_some_rows
-from tests.warehouse.helpers import on_sync_log_insert
+from tests.reliability.helpers import wait_for
+from tests.warehouse.helpers import on_sync_log_insert, waiting_for_advisory_lock
 
 DAY = date(2024, 6, 4)
 TZ = "Asia/Shanghai"
+GATE = 4270  # an advisory lock a test holds to hold a write
 
 
 @pytest.fixture
@@ -580,3 +583,123 @@ def test_requests_in_flight_never_exceed_max_concurrency_across_days_and_retries
     assert _stored(conn) == {
         t.task_id: t.record for d in days for t in simulator.simulator.store.day(d)
     }
+
+
+@contextmanager
+def _two_lanes_while_held(
+    client: LaafficClient, conn: psycopg.Connection, database_url: str, days: list[date]
+) -> Iterator[tuple[psycopg.Connection, list[object]]]:
+    """`sync_days` of `days` on two write lanes, in a thread, while this test holds the
+    advisory lock GATE: entered once a write waits for it (a trigger of the test's makes the
+    first day's), with the connection holding it and a list that gets each day yielded, then
+    the exception raised, if any; the lock is let go and the sync waited for on leaving."""
+    outcome: list[object] = []
+
+    def sync() -> None:
+        try:
+            outcome.extend(
+                s.day
+                for s in sync_days(
+                    client,
+                    conn,
+                    days,
+                    time_zone=TZ,
+                    write_lanes=2,
+                    connect=lambda: connect(database_url),
+                )
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(database_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        syncing = threading.Thread(target=sync)
+        syncing.start()
+        try:
+            wait_for(
+                "the first day's write to be held",
+                lambda: waiting_for_advisory_lock(gate, GATE) or None,
+                60,
+            )
+            yield gate, outcome
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+            syncing.join(60)
+    assert not syncing.is_alive()
+
+
+def _stored_days(database_url: str) -> list[date]:
+    with psycopg.connect(database_url) as other:
+        rows = other.execute("SELECT DISTINCT created_date FROM group_call_tasks").fetchall()
+    return sorted(d for (d,) in rows)
+
+
+def test_a_later_day_written_meanwhile_commits_only_after_the_earlier_one(
+    client: LaafficClient, conn: psycopg.Connection, database_url: str
+) -> None:
+    """The first day's write is held at its last statement; the second's, on the other lane,
+    does all its work meanwhile but does not commit before it: were it to, a failure of the
+    first would leave a later day stored and an earlier one not (a range's committed days must
+    be a prefix of it). Released, both commit and are yielded in order."""
+    first, second = DAY, DAY + timedelta(days=1)
+    on_sync_log_insert(
+        conn, f"NEW.window_date = DATE '{first}'", f"PERFORM pg_advisory_xact_lock({GATE});"
+    )
+    with _two_lanes_while_held(client, conn, database_url, [first, second]) as (gate, outcome):
+        # The second day's write has logged its sync and waits for its turn to commit.
+        wait_for(
+            "the second day's write to wait for its turn",
+            lambda: (
+                gate.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query LIKE '%pg_advisory_xact_lock_shared%' "
+                    "AND wait_event = 'advisory'"
+                ).fetchone()
+                == (1,)
+                or None
+            ),
+            60,
+        )
+        assert _stored_days(database_url) == []
+    assert outcome == [first, second]
+    assert _stored_days(database_url) == [first, second]
+
+
+def test_a_task_two_days_list_is_written_by_one_day_after_the_other(
+    client: LaafficClient,
+    conn: psycopg.Connection,
+    database_url: str,
+    simulator: SimulatorServer,
+) -> None:
+    """A task listed in two days' windows (moved between days upstream): the later day's write
+    waits for the earlier one to end before it starts. Were they to overlap, the later one's
+    row would hold the earlier one's insert of the same task while it waits for the earlier
+    one's commit: a deadlock (PostgreSQL would fail one of them). The result is the serial one,
+    the later day's version of the task."""
+    first, second = DAY, DAY + timedelta(days=1)
+    store = simulator.simulator.store
+    moved = dict(store.day(first)[0].record)
+    moved.update(taskName="moved upstream", createdTime=f"{second} 12:00:00")
+    store.add_raw(second, moved)
+    # The first day's write is held at its first row, before it writes the shared task.
+    conn.execute(
+        f"""
+        CREATE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.created_date = DATE '{first}' THEN PERFORM pg_advisory_xact_lock({GATE});
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_hold BEFORE INSERT ON group_call_tasks
+            FOR EACH ROW EXECUTE FUNCTION test_hold();
+        """.encode()
+    )
+    conn.commit()
+    with _two_lanes_while_held(client, conn, database_url, [first, second]) as (_, outcome):
+        time.sleep(0.5)  # time enough for the second day's write, were it to run meanwhile
+    assert outcome == [first, second]
+    stored = conn.execute(
+        "SELECT task_name, created_date FROM group_call_tasks WHERE task_id = %s",
+        (moved["taskId"],),
+    ).fetchall()
+    assert stored == [("moved upstream", second)]

@@ -1,5 +1,6 @@
-"""pipelines.sync's write lanes: a range's days written on two connections at once, committed in
-the order of the days, and never waiting on each other's rows."""
+"""pipelines.sync's write lanes on their own: tasks on two connections at once, ordered by the
+tasks and days they share, halted after a failure or a stop. (Whole syncs on two lanes:
+tests/test_sync.py.)"""
 
 import threading
 import time
@@ -10,166 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipelines.laaffic.client import LaafficClient
-from pipelines.laaffic.simulator import SimulatorServer
-from pipelines.sync import WriterHalted, _first_load_keys, _WriteLanes, sync_days
+from pipelines.sync import WriterHalted, _first_load_keys, _WriteLanes
 from pipelines.warehouse.normalise import normalise_records
-from pipelines.warehouse.writer import connect, ensure_schema
-from tests.warehouse.helpers import make_records, on_sync_log_insert, waiting_for_advisory_lock
+from pipelines.warehouse.writer import connect
+from tests.reliability.helpers import wait_for
+from tests.warehouse.helpers import make_records
 
 DAY = date(2024, 6, 4)
-TZ = "Asia/Shanghai"
-GATE = 4270
-
-
-@pytest.fixture
-def client(simulator: SimulatorServer) -> LaafficClient:
-    with LaafficClient(
-        simulator.url, "sim-key", "sim-secret", backoff_base_seconds=0.001
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-def conn(database_url: str) -> psycopg.Connection:
-    with connect(database_url) as conn:
-        ensure_schema(conn, database_url)
-        yield conn
-
-
-def _wait_until(what: str, probe: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def _stored_days(database_url: str) -> list[date]:
-    with psycopg.connect(database_url) as other:
-        rows = other.execute("SELECT DISTINCT created_date FROM group_call_tasks").fetchall()
-    return sorted(d for (d,) in rows)
-
-
-def test_a_later_day_written_meanwhile_commits_only_after_the_earlier_one(
-    client: LaafficClient, conn: psycopg.Connection, database_url: str
-) -> None:
-    """The first day's write is held at its last statement; the second's, on the other lane,
-    does all its work meanwhile but does not commit before it: were it to, a failure of the
-    first would leave a later day stored and an earlier one not (a range's committed days must
-    be a prefix of it). Released, both commit and are yielded in order."""
-    first, second = DAY, DAY + timedelta(days=1)
-    on_sync_log_insert(
-        conn, f"NEW.window_date = DATE '{first}'", f"PERFORM pg_advisory_xact_lock({GATE});"
-    )
-    yielded: list[date] = []
-    with psycopg.connect(database_url, autocommit=True) as gate:
-        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
-        syncing = threading.Thread(
-            target=lambda: yielded.extend(
-                s.day
-                for s in sync_days(
-                    client,
-                    conn,
-                    [first, second],
-                    time_zone=TZ,
-                    write_lanes=2,
-                    connect=lambda: connect(database_url),
-                )
-            )
-        )
-        syncing.start()
-        try:
-            _wait_until(
-                "the first day's write to be held", lambda: waiting_for_advisory_lock(gate, GATE)
-            )
-            # The second day's write has logged its sync and waits for its turn to commit.
-            _wait_until(
-                "the second day's write to wait for its turn",
-                lambda: (
-                    gate.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND query LIKE '%pg_advisory_xact_lock_shared%' "
-                        "AND wait_event = 'advisory'"
-                    ).fetchone()
-                    == (1,)
-                ),
-            )
-            assert _stored_days(database_url) == []
-        finally:
-            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
-            syncing.join(60)
-    assert not syncing.is_alive()
-    assert yielded == [first, second]
-    assert _stored_days(database_url) == [first, second]
-
-
-def test_a_task_two_days_list_is_written_by_one_day_after_the_other(
-    client: LaafficClient,
-    conn: psycopg.Connection,
-    database_url: str,
-    simulator: SimulatorServer,
-) -> None:
-    """A task listed in two days' windows (moved between days upstream): the later day's write
-    waits for the earlier one to end before it starts. Were they to overlap, the later one's
-    row would hold the earlier one's insert of the same task while it waits for the earlier
-    one's commit: a deadlock (PostgreSQL would fail one of them). The result is the serial one,
-    the later day's version of the task."""
-    first, second = DAY, DAY + timedelta(days=1)
-    store = simulator.simulator.store
-    moved = dict(store.day(first)[0].record)
-    moved.update(taskName="moved upstream", createdTime=f"{second} 12:00:00")
-    store.add_raw(second, moved)
-    # The first day's write is held at its first row, before it writes the shared task.
-    conn.execute(
-        f"""
-        CREATE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.created_date = DATE '{first}' THEN PERFORM pg_advisory_xact_lock({GATE});
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER test_hold BEFORE INSERT ON group_call_tasks
-            FOR EACH ROW EXECUTE FUNCTION test_hold();
-        """.encode()
-    )
-    conn.commit()
-    outcome: list[object] = []
-
-    def sync() -> None:
-        try:
-            outcome.extend(
-                s.day
-                for s in sync_days(
-                    client,
-                    conn,
-                    [first, second],
-                    time_zone=TZ,
-                    write_lanes=2,
-                    connect=lambda: connect(database_url),
-                )
-            )
-        except Exception as exc:
-            outcome.append(exc)
-
-    with psycopg.connect(database_url, autocommit=True) as gate:
-        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
-        syncing = threading.Thread(target=sync)
-        syncing.start()
-        try:
-            _wait_until(
-                "the first day's write to be held", lambda: waiting_for_advisory_lock(gate, GATE)
-            )
-            time.sleep(0.5)  # time enough for the second day's write, were it to run meanwhile
-        finally:
-            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
-            syncing.join(60)
-    assert not syncing.is_alive()
-    assert outcome == [first, second]
-    stored = conn.execute(
-        "SELECT task_name, created_date FROM group_call_tasks WHERE task_id = %s",
-        (moved["taskId"],),
-    ).fetchall()
-    assert stored == [("moved upstream", second)]
 
 
 def test_writes_that_would_wait_on_each_other_fail_in_postgresql_instead_of_hanging(
@@ -246,7 +94,7 @@ def test_tasks_sharing_no_task_run_at_once_and_the_others_wait(database_url: str
                 release.clear()
                 started.clear()
                 held = submit("held", _on(0), frozenset({1, 2}), hold=True)
-                _wait_until("the first to start", lambda: "held" in started)
+                wait_for("the first to start", lambda: "held" in started or None, 30)
                 waiting = submit("after", later_day, later_keys)
                 time.sleep(0.3)
                 assert started == ["held"]  # it shares task 2, or the day
@@ -301,7 +149,7 @@ def test_stopped_the_task_under_way_finishes_and_the_one_waiting_for_it_does_not
 
         try:
             first = lanes.submit("held", held, day=_on(0), keys=frozenset({1}), commits=False)
-            _wait_until("the first to start", lambda: ran)
+            wait_for("the first to start", lambda: ran or None, 30)
             waiting = lanes.submit(
                 "waiting", lambda c, t: ran.append("waiting"), day=_on(1), keys=None, commits=False
             )
