@@ -98,7 +98,7 @@ class _WriteLanes:
     """The sync's database work (writes, comparisons, shortcut logs) on one or two threads
     (`lanes`), each with a connection of its own: lane 0 uses the sync's, the other opens its
     own on first use (`connect`). With two, PostgreSQL loads one day's rows while the previous
-    day's commit: a year's first load is otherwise bound by a single backend's CPU.
+    day's write finishes: a year's first load is otherwise bound by a single backend's CPU.
 
     They keep what a single writer thread gave:
     - writes (and shortcut logs) commit in the order they were queued (`_Turn`);
@@ -149,9 +149,9 @@ class _WriteLanes:
         keys: Keys,
         commits: bool,
     ) -> Future[T]:
-        """Queue `fn(lane connection, turn)`; `turn` (with `commits`, on more than one lane)
-        orders its commit.
-        An error is noted with what it was `doing` (a database's error does not say which day)."""
+        """Queue `fn(lane connection, turn)`, a task of `day` touching `keys`; `turn` (with
+        `commits`, on more than one lane) orders its commit. An error is noted with what it was
+        `doing` (a database's error does not say which day)."""
         with self._lock:
             task = _LaneTask(self._seq, day, keys)
             self._seq += 1
