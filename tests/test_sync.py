@@ -395,7 +395,6 @@ def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
     sync_day(client, conn, DAY, time_zone=TZ, run_id="first")
     # The shortcut's sync-log row, for this run only, waits for a lock this test holds.
     on_sync_log_insert(conn, "NEW.run_id = 'stopped'", "PERFORM pg_advisory_xact_lock(4244);")
-    database = conn.info.dbname
     yielded: list[date] = []
     with psycopg.connect(database_url, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(4244)")
@@ -403,14 +402,11 @@ def test_a_sync_stopped_while_an_unchanged_day_is_logged_reports_that_day(
         def release_and_interrupt() -> None:
             # The shortcut is under way on the writer thread (waiting at its log row): it will
             # commit. Let it, and stop the sync as Ctrl-C would.
-            deadline = time.monotonic() + 60
-            while gate.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                (database,),
-            ).fetchone() != (1,):
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_for(
+                "the shortcut to wait at its log row",
+                lambda: waiting_for_advisory_lock(gate, 4244) == 1 or None,
+                60,
+            )
             gate.execute("SELECT pg_advisory_unlock(4244)")
             raise KeyboardInterrupt
 
